@@ -87,7 +87,7 @@ class KVAllocator(ABC):
             raise UnknownModelError(f"unknown model {model!r}") from None
 
     def page_format(self, model: str) -> KVFormat:
-        """The page format this scheme gives `model` (tokens per page may differ from the spec's)."""
+        """The page format this scheme gives `model` (its tokens per page may differ)."""
         return self.spec(model).fmt
 
     def page_stride(self, model: str) -> int:

@@ -23,8 +23,7 @@ class OutOfPagesError(KVMemoryError):
 
     def __init__(self, model: str, requested: int, available: int) -> None:
         super().__init__(
-            f"model {model!r} asked for {requested} KV pages but only {available} can be "
-            "given now"
+            f"model {model!r} asked for {requested} KV pages but only {available} can be given now"
         )
         self.model = model
         self.requested = requested

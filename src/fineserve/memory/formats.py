@@ -5,7 +5,7 @@ layers, plus their scales. Byte layout of one page (all offsets from the page st
 
     for layer in range(num_layers):          # layer stride = layer_bytes
         K data   [T, kv_heads, head_dim]      # INT4: two values per byte along head_dim
-        K scales [T, kv_heads, n_scale]       # fp16; n_scale = 1 (INT8: scale), 2 (INT4: scale, zero)
+        K scales [T, kv_heads, n_scale]       # fp16; n_scale: INT8 1 (scale), INT4 2 (scale, zero)
         V data   [T, kv_heads, head_dim]
         V scales [T, kv_heads, n_scale]
 
@@ -114,9 +114,7 @@ class KVFormat:
         return PageLayout(self)
 
     def with_tokens_per_page(self, tokens_per_page: int) -> KVFormat:
-        return KVFormat(
-            self.num_layers, self.kv_heads, self.head_dim, self.dtype, tokens_per_page
-        )
+        return KVFormat(self.num_layers, self.kv_heads, self.head_dim, self.dtype, tokens_per_page)
 
     def describe(self) -> str:
         return (

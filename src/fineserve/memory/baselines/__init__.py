@@ -1,0 +1,1 @@
+"""Baseline KV memory schemes behind the same `KVAllocator` interface as KV Slab."""

@@ -1,0 +1,169 @@
+"""kvcached/Prism-style KV memory: per-model virtual KV tensors backed by 2 MiB physical pages
+mapped on demand.
+
+Each model reserves its own virtual address space: per layer one K and one V tensor. Its block
+ids index those tensors, so page ids are *virtual* (two models may use the same id). Physical
+memory moves in 2 MiB chunks: to grow, a model maps one chunk (or a few, for blocks wider than
+a chunk) behind each of its 2 x layers tensors at once — a *granule* — which holds
+`chunk_bytes // per-layer block bytes` blocks. A granule whose blocks are all free is unmapped
+(with the same one-granule hysteresis as KV Slab). Every map or unmap of a chunk costs
+`map_cost_s` seconds, reported for the simulator.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+
+from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
+from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
+from fineserve.memory.formats import KVFormat
+from fineserve.memory.integrity import check_allocator
+from fineserve.memory.pool import ModelPool, check_free_request
+
+CHUNK_BYTES = 2 * 1024 * 1024
+DEFAULT_MAP_COST_S = 20e-6
+
+
+def granule_geometry(fmt: KVFormat, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, int]:
+    """(chunks per granule, blocks per granule) for a model's format."""
+    tensors = 2 * fmt.num_layers
+    block_in_tensor = fmt.page_bytes // tensors
+    chunks_per_tensor = -(-block_in_tensor // chunk_bytes)
+    blocks = chunks_per_tensor * chunk_bytes // block_in_tensor
+    return tensors * chunks_per_tensor, blocks
+
+
+class PagedVMMAllocator(KVAllocator):
+    scheme = "paged_vmm"
+
+    def __init__(
+        self,
+        arena_bytes: int,
+        models: Sequence[ModelKV],
+        chunk_bytes: int = CHUNK_BYTES,
+        map_cost_s: float = DEFAULT_MAP_COST_S,
+        keep_empty: int = 1,
+    ) -> None:
+        super().__init__(arena_bytes, models)
+        self.chunk_bytes = chunk_bytes
+        self.map_cost_s = map_cost_s
+        self.keep_empty = keep_empty
+        self.num_chunks = arena_bytes // chunk_bytes
+        self.free_chunks = self.num_chunks
+        self._geometry = {m.name: granule_geometry(m.fmt, chunk_bytes) for m in models}
+        if any(c > self.num_chunks for c, _ in self._geometry.values()):
+            raise InvalidFormatError("the arena cannot map one granule of some model")
+        self._pools = {m.name: ModelPool() for m in models}
+        self._next_ids: dict[str, list[int]] = {m.name: [] for m in models}
+        self._high: dict[str, int] = dict.fromkeys(self._pools, 0)
+        self.map_ops = 0
+
+    def page_stride(self, model: str) -> int:
+        return self.page_format(model).page_bytes
+
+    def num_page_ids(self, model: str) -> int:
+        _, blocks = self._geometry[model]
+        return self.num_chunks * blocks
+
+    def available_pages(self, model: str) -> int:
+        chunks, blocks = self._geometry[self.spec(model).name]
+        spare = sum(
+            len(p.empty_units()) * self._geometry[n][0]
+            for n, p in self._pools.items()
+            if n != model
+        )
+        return self._pools[model].free_pages + (self.free_chunks + spare) // chunks * blocks
+
+    def allocate(self, model: str, n: int) -> list[int]:
+        pool = self._pool(model)
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} pages")
+        mapped: list[int] = []
+        while pool.free_pages < n:
+            granule = self._map(model)
+            if granule is None:
+                for g in mapped:
+                    self._unmap(model, g)
+                raise OutOfPagesError(model, n, pool.free_pages)
+            mapped.append(granule)
+        return pool.take(n)
+
+    def free(self, model: str, pages: Iterable[int]) -> None:
+        pool = self._pool(model)
+        for granule in pool.give_back(check_free_request(model, pages, pool.owned)):
+            if len(pool.empty_units()) > self.keep_empty:
+                self._unmap(model, granule)
+
+    def _map(self, model: str) -> int | None:
+        chunks, blocks = self._geometry[model]
+        if self.free_chunks < chunks:
+            self._unmap_spare(model, chunks)
+        if self.free_chunks < chunks:
+            return None
+        ids = self._next_ids[model]
+        if ids:
+            granule = heapq.heappop(ids)
+        else:
+            granule = self._high[model]
+            self._high[model] += 1
+        self.free_chunks -= chunks
+        self.map_ops += chunks
+        self._pools[model].add_unit(granule, range(granule * blocks, (granule + 1) * blocks))
+        return granule
+
+    def _unmap_spare(self, model: str, needed: int) -> None:
+        for name, pool in self._pools.items():
+            for granule in pool.empty_units() if name != model else ():
+                if self.free_chunks >= needed:
+                    return
+                self._unmap(name, granule)
+
+    def _unmap(self, model: str, granule: int) -> None:
+        chunks, _ = self._geometry[model]
+        self._pools[model].remove_unit(granule)
+        heapq.heappush(self._next_ids[model], granule)
+        self.free_chunks += chunks
+        self.map_ops += chunks
+
+    def used_pages(self, model: str) -> int:
+        return len(self._pool(model).owned)
+
+    def owned_pages(self, model: str) -> set[int]:
+        return set(self._pool(model).owned)
+
+    def usage(self) -> ArenaUsage:
+        models: dict[str, ModelUsage] = {}
+        edge = self.arena_bytes - self.num_chunks * self.chunk_bytes
+        free = self.free_chunks * self.chunk_bytes
+        for name, pool in self._pools.items():
+            fmt = self.page_format(name)
+            chunks, blocks = self._geometry[name]
+            held = len(pool.used) * chunks * self.chunk_bytes
+            edge += held - len(pool.used) * blocks * fmt.page_bytes
+            free += len(pool.empty_units()) * blocks * fmt.page_bytes
+            models[name] = ModelUsage(
+                used_pages=len(pool.owned),
+                page_bytes=fmt.page_bytes,
+                page_stride=fmt.page_bytes,
+                tokens_per_page=fmt.tokens_per_page,
+                bytes_per_token=fmt.bytes_per_token,
+                free_pages_held=pool.stranded_pages(),
+                held_bytes=held,
+            )
+        extra = {"map_ops": float(self.map_ops), "map_seconds": self.map_ops * self.map_cost_s}
+        return ArenaUsage(self.arena_bytes, models, free, edge, extra)
+
+    def check_integrity(self) -> None:
+        # page ids are virtual per model, so byte overlap between models is not a concern
+        check_allocator(self, physical=False)
+
+    def check_internal(self) -> None:
+        mapped = sum(len(p.used) * self._geometry[n][0] for n, p in self._pools.items())
+        assert mapped + self.free_chunks == self.num_chunks, "physical chunks lost"
+        for pool in self._pools.values():
+            pool.check()
+
+    def _pool(self, model: str) -> ModelPool:
+        self.spec(model)
+        return self._pools[model]

@@ -1,0 +1,82 @@
+"""Static partitioning: one fixed region per model (a vLLM instance per model).
+
+Each model's region is sized in proportion to its `demand_weight` (the benchmark passes its
+mean KV demand: rate x mean tokens x bytes per token), i.e. static partitioning with perfect
+knowledge of the averages. A model can never use another's idle region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
+from fineserve.memory.errors import OutOfPagesError
+from fineserve.memory.pool import ModelPool, check_free_request
+
+
+class StaticAllocator(KVAllocator):
+    scheme = "static"
+
+    def __init__(self, arena_bytes: int, models: Sequence[ModelKV]) -> None:
+        super().__init__(arena_bytes, models)
+        total = sum(m.demand_weight for m in models)
+        self._pools: dict[str, ModelPool] = {}
+        self._region: dict[str, tuple[int, int]] = {}
+        cumulative = 0.0
+        for m in models:
+            start = round(cumulative / total * arena_bytes)
+            cumulative += m.demand_weight
+            end = round(cumulative / total * arena_bytes)
+            page = m.fmt.page_bytes
+            pool = ModelPool()
+            pool.add_unit(0, range(-(-start // page), end // page))
+            self._pools[m.name] = pool
+            self._region[m.name] = (start, end)
+
+    def allocate(self, model: str, n: int) -> list[int]:
+        pool = self._pool(model)
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} pages")
+        if pool.free_pages < n:
+            raise OutOfPagesError(model, n, pool.free_pages)
+        return pool.take(n)
+
+    def free(self, model: str, pages: Iterable[int]) -> None:
+        pool = self._pool(model)
+        pool.give_back(check_free_request(model, pages, pool.owned))
+
+    def available_pages(self, model: str) -> int:
+        return self._pool(model).free_pages
+
+    def used_pages(self, model: str) -> int:
+        return len(self._pool(model).owned)
+
+    def owned_pages(self, model: str) -> set[int]:
+        return set(self._pool(model).owned)
+
+    def usage(self) -> ArenaUsage:
+        models: dict[str, ModelUsage] = {}
+        edge = free = 0
+        for name, pool in self._pools.items():
+            fmt = self.page_format(name)
+            start, end = self._region[name]
+            edge += (end - start) - pool.capacity[0] * fmt.page_bytes
+            # a static region's free pages can serve no other model: they are stranded
+            models[name] = ModelUsage(
+                used_pages=len(pool.owned),
+                page_bytes=fmt.page_bytes,
+                page_stride=fmt.page_bytes,
+                tokens_per_page=fmt.tokens_per_page,
+                bytes_per_token=fmt.bytes_per_token,
+                free_pages_held=pool.free_pages,
+                held_bytes=end - start,
+            )
+        return ArenaUsage(self.arena_bytes, models, free, edge)
+
+    def check_internal(self) -> None:
+        for pool in self._pools.values():
+            pool.check()
+
+    def _pool(self, model: str) -> ModelPool:
+        self.spec(model)
+        return self._pools[model]

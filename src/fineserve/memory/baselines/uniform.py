@@ -1,0 +1,108 @@
+"""One block size for every model (MuxServe-style unified KV pool).
+
+The block is the largest co-located page. `uniform`: each model keeps its own tokens per page,
+so a smaller page wastes the rest of its block (internal fragmentation). `uniform_bytes`: each
+model packs as many of its tokens as fit in the block (the best a uniform design can do).
+Block `b` is at arena byte `b * block_bytes` for every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
+from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
+from fineserve.memory.formats import KVFormat
+from fineserve.memory.pool import check_free_request
+
+
+class UniformAllocator(KVAllocator):
+    scheme = "uniform"
+
+    def __init__(
+        self, arena_bytes: int, models: Sequence[ModelKV], pack_tokens: bool = False
+    ) -> None:
+        super().__init__(arena_bytes, models)
+        self.pack_tokens = pack_tokens
+        if pack_tokens:
+            self.scheme = "uniform_bytes"
+        self.block_bytes = max(m.fmt.page_bytes for m in models)
+        num_blocks = arena_bytes // self.block_bytes
+        if num_blocks < 1:
+            raise InvalidFormatError(f"arena cannot hold one {self.block_bytes}-byte block")
+        self._free = list(range(num_blocks - 1, -1, -1))
+        self._num_blocks = num_blocks
+        self._owned: dict[str, set[int]] = {m.name: set() for m in models}
+        self._formats = {m.name: self._format_for(m.fmt) for m in models}
+        self._reserve = {m.name: -(-m.reserve_bytes // self.block_bytes) for m in models}
+
+    def _format_for(self, fmt: KVFormat) -> KVFormat:
+        if not self.pack_tokens:
+            return fmt
+        return fmt.with_tokens_per_page(self.block_bytes // fmt.bytes_per_token)
+
+    def page_format(self, model: str) -> KVFormat:
+        self.spec(model)
+        return self._formats[model]
+
+    def page_stride(self, model: str) -> int:
+        self.spec(model)
+        return self.block_bytes
+
+    def available_pages(self, model: str) -> int:
+        owed = sum(
+            max(0, self._reserve[name] - len(pages))
+            for name, pages in self._owned.items()
+            if name != model
+        )
+        return max(0, len(self._free) - owed)
+
+    def allocate(self, model: str, n: int) -> list[int]:
+        available = self.available_pages(model)
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} pages")
+        if available < n:
+            raise OutOfPagesError(model, n, available)
+        free = self._free
+        got = free[len(free) - n :]
+        del free[len(free) - n :]
+        self._owned[model].update(got)
+        return got
+
+    def free(self, model: str, pages: Iterable[int]) -> None:
+        owned = self._owned_of(model)
+        pages = check_free_request(model, pages, owned)
+        owned.difference_update(pages)
+        self._free.extend(pages)
+
+    def used_pages(self, model: str) -> int:
+        return len(self._owned_of(model))
+
+    def owned_pages(self, model: str) -> set[int]:
+        return set(self._owned_of(model))
+
+    def usage(self) -> ArenaUsage:
+        models = {
+            name: ModelUsage(
+                used_pages=len(pages),
+                page_bytes=self.block_bytes,
+                page_stride=self.block_bytes,
+                tokens_per_page=self._formats[name].tokens_per_page,
+                bytes_per_token=self._formats[name].bytes_per_token,
+                free_pages_held=0,
+                held_bytes=len(pages) * self.block_bytes,
+            )
+            for name, pages in self._owned.items()
+        }
+        edge = self.arena_bytes - self._num_blocks * self.block_bytes
+        return ArenaUsage(self.arena_bytes, models, len(self._free) * self.block_bytes, edge)
+
+    def check_internal(self) -> None:
+        all_owned = [p for pages in self._owned.values() for p in pages]
+        assert len(set(all_owned)) == len(all_owned), "a block is owned twice"
+        assert not set(all_owned) & set(self._free), "a block is both free and owned"
+        assert len(all_owned) + len(self._free) == self._num_blocks, "blocks lost"
+
+    def _owned_of(self, model: str) -> set[int]:
+        self.spec(model)
+        return self._owned[model]

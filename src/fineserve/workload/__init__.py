@@ -14,6 +14,7 @@ from fineserve.workload.arrivals import (
     split_by_slices,
 )
 from fineserve.workload.data import resolve_data_dir
+from fineserve.workload.metrics import RequestRecord, measurement_window, summarize
 from fineserve.workload.synthetic import synthetic_azure, synthetic_sharegpt_lengths
 from fineserve.workload.traces import (
     TraceRequest,
@@ -23,6 +24,7 @@ from fineserve.workload.traces import (
 )
 
 __all__ = [
+    "RequestRecord",
     "TraceRequest",
     "attach_lengths",
     "gamma_arrivals",
@@ -30,12 +32,14 @@ __all__ = [
     "load_azure",
     "load_mooncake",
     "load_sharegpt_lengths",
+    "measurement_window",
     "poisson_arrivals",
     "power_law_shares",
     "resolve_data_dir",
     "scale_trace",
     "split_by_shares",
     "split_by_slices",
+    "summarize",
     "synthetic_azure",
     "synthetic_sharegpt_lengths",
 ]

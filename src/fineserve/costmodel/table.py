@@ -1,0 +1,189 @@
+"""Cost model from measured profiles: fitted linear step costs per (model, qformat, tp).
+
+step_time = max(a [if prefill], d [if decode]) + b*prefill_tokens + c*attention_pairs
+            + g*max(0, prefill_tokens - knee) + e*decode_seqs + f*sum(decode_context)
+
+(coefficients from :mod:`fineserve.costmodel.fit`; all >= 0, so the cost is monotone in
+tokens, sequences and context, and linear beyond the profiled grid). The committed coefficients
+``data/h100_fit.json`` were fitted by ``python -m fineserve.costmodel.fit`` from
+fineserve-profiles/h100-cost.csv (FineServe paper code, github.com/llm-fineserve/FineServe,
+BSD-3-Clause, Samsung SDS); the model works without the data folder. A CPU profile written by
+``fineserve profile`` has the same schema: ``TableCostModel.from_csv(path)`` fits it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey, InterferenceModel
+from fineserve.costmodel.fit import StepCoeffs, fit_interference, fit_profile
+from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, read_profile
+from fineserve.workload.data import find_data_file
+
+DEFAULT_FIT_PATH = Path(__file__).with_name("data") / "h100_fit.json"
+MODEL_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "llama-3.1-8b": ("llama-3-8b",),  # QoQ was profiled on Llama-3-8B, same architecture
+    "llama-3-8b": ("llama-3.1-8b",),
+}
+QFORMAT_FALLBACK: Mapping[str, str] = {"bf16": "fp16"}  # same cost on H100 tensor cores
+
+
+def find_h100_csv(data_dir: Path) -> Path:
+    return find_data_file(data_dir, PROFILE_DIR, H100_FILE)
+
+
+class TableCostModel(CostModelHelpers):
+    """Step costs from fitted profile coefficients; see the module docstring for the formula."""
+
+    def __init__(
+        self,
+        coeffs: Mapping[InstanceKey, StepCoeffs],
+        interference: InterferenceModel | None = None,
+        source: str = "",
+    ) -> None:
+        self._coeffs = dict(coeffs)
+        self.interference = interference or InterferenceModel()
+        self.source = source
+
+    @classmethod
+    def from_csv(cls, path: Path) -> TableCostModel:
+        """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now."""
+        rows = read_profile(path)
+        return cls(fit_profile(rows), fit_interference(rows), source=str(path))
+
+    @classmethod
+    def from_json(cls, path: Path = DEFAULT_FIT_PATH) -> TableCostModel:
+        """Load committed (or freshly written) coefficients."""
+        doc = json.loads(Path(path).read_text())
+        coeffs = {
+            InstanceKey(e["model"], e["qformat"], int(e["tp"])): _coeffs_from_json(e)
+            for e in doc["instances"]
+        }
+        return cls(coeffs, InterferenceModel(**doc["interference"]), source=str(path))
+
+    def keys(self) -> list[InstanceKey]:
+        return list(self._coeffs)
+
+    def coeffs(self, key: InstanceKey) -> StepCoeffs:
+        """Coefficients for ``key`` (after aliases); KeyError naming the key when unknown."""
+        found = self._lookup(key)
+        if found is None:
+            raise KeyError(f"no profile for {key}; known: {sorted(map(str, self._coeffs))}")
+        return found
+
+    def _lookup(self, key: InstanceKey) -> StepCoeffs | None:
+        models = (key.model, *MODEL_ALIASES.get(key.model, ()))
+        qformats = (
+            key.qformat,
+            *((QFORMAT_FALLBACK[key.qformat],) if key.qformat in QFORMAT_FALLBACK else ()),
+        )
+        for m in models:
+            for q in qformats:
+                c = self._coeffs.get(InstanceKey(m, q, key.tp))
+                if c is not None:
+                    return c
+        return None
+
+    def supports(self, key: InstanceKey) -> bool:
+        return self._lookup(key) is not None
+
+    def step_time(self, key: InstanceKey, batch: BatchShape) -> float:
+        if batch.is_empty:
+            return 0.0
+        c = self.coeffs(key)
+        d, e, f = c.decode
+        has_p, has_d = batch.prefill_tokens > 0, batch.num_decode > 0
+        fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
+        t = fixed + _prefill_variable(c, batch)
+        return t + e * batch.num_decode + f * batch.decode_context_sum
+
+    def prefill_fraction(self, key: InstanceKey, batch: BatchShape) -> float:
+        """Share of the step's variable cost due to prefill (for interference)."""
+        c = self.coeffs(key)
+        p = _prefill_variable(c, batch)
+        dd = c.decode[1] * batch.num_decode + c.decode[2] * batch.decode_context_sum
+        return p / (p + dd) if p + dd > 0 else 0.0
+
+
+def _prefill_variable(c: StepCoeffs, batch: BatchShape) -> float:
+    """Prefill cost beyond the fixed term: b*T + c*pairs + g*max(0, T - knee)."""
+    _, b, cp, g, knee = c.prefill
+    tokens = batch.prefill_tokens
+    hinge = max(0.0, tokens - knee) if knee > 0 else 0.0
+    return b * tokens + cp * batch.attention_pairs + g * hinge
+
+
+def _coeffs_from_json(e: Mapping[str, Any]) -> StepCoeffs:
+    return StepCoeffs(
+        prefill=tuple(float(v) for v in e["prefill"]),  # type: ignore[arg-type]
+        decode=tuple(float(v) for v in e["decode"]),  # type: ignore[arg-type]
+        n_rows=int(e.get("n_rows", 0)),
+        prefill_err_mean=float(e.get("prefill_err_mean", 0.0)),
+        prefill_err_max=float(e.get("prefill_err_max", 0.0)),
+        decode_err_mean=float(e.get("decode_err_mean", 0.0)),
+        decode_err_max=float(e.get("decode_err_max", 0.0)),
+    )
+
+
+def fit_document(csv_path: Path) -> dict[str, Any]:
+    """The JSON document for ``csv_path``: per-instance coefficients, interference, roofline."""
+    from fineserve.costmodel.roofline import calibrate_roofline
+
+    rows = read_profile(csv_path)
+    coeffs = fit_profile(rows)
+    inter = fit_interference(rows)
+    return {
+        "source": f"{csv_path.name}: FineServe paper H100 profiles (github.com/llm-fineserve/"
+        "FineServe @ b61b615, examples/cost_files/apex-cost.csv; BSD-3-Clause, Samsung SDS)",
+        "generated_by": "python -m fineserve.costmodel.fit --data-dir <data>",
+        "prefill_formula": "[a, b, c, g, knee]: a + b*T + c*attention_pairs + g*max(0, T - knee)",
+        "decode_formula": "d + e*seqs + f*sum(context)",
+        "instances": [
+            {"model": k.model, "qformat": k.qformat, "tp": k.tp, **_coeffs_to_json(c)}
+            for k, c in coeffs.items()
+        ],
+        "interference": {
+            "prefill_k": round(inter.prefill_k, 5),
+            "decode_k": round(inter.decode_k, 5),
+        },
+        "roofline": calibrate_roofline(rows),
+    }
+
+
+def _coeffs_to_json(c: StepCoeffs) -> dict[str, Any]:
+    return {
+        "prefill": [float(f"{v:.6g}") for v in c.prefill],
+        "decode": [float(f"{v:.6g}") for v in c.decode],
+        "n_rows": c.n_rows,
+        "prefill_err_mean": round(c.prefill_err_mean, 4),
+        "prefill_err_max": round(c.prefill_err_max, 4),
+        "decode_err_mean": round(c.decode_err_mean, 4),
+        "decode_err_max": round(c.decode_err_max, 4),
+    }
+
+
+def write_fit(csv_path: Path, out: Path) -> str:
+    """Fit ``csv_path`` and write the JSON to ``out``; returns a one-paragraph summary."""
+    doc = fit_document(csv_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    inst = doc["instances"]
+    worst_p = max((e["prefill_err_max"] for e in inst), default=0.0)
+    worst_d = max((e["decode_err_max"] for e in inst), default=0.0)
+    mean_p = sum(e["prefill_err_mean"] for e in inst) / max(len(inst), 1)
+    mean_d = sum(e["decode_err_mean"] for e in inst) / max(len(inst), 1)
+    return (
+        f"wrote {out}: {len(inst)} instances; prefill rel. error mean {mean_p:.3f} max "
+        f"{worst_p:.3f}; decode rel. error mean {mean_d:.3f} max {worst_d:.3f}; "
+        f"interference {doc['interference']}; roofline {doc['roofline'].get('fit_error')}"
+    )
+
+
+def load_fitted_interference(path: Path = DEFAULT_FIT_PATH) -> InterferenceModel:
+    """Interference coefficients from the committed JSON (defaults if the file is missing)."""
+    if not Path(path).is_file():
+        return InterferenceModel()
+    return InterferenceModel(**json.loads(Path(path).read_text())["interference"])

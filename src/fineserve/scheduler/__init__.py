@@ -1,0 +1,1 @@
+"""Schedulers: `local` (per GPU, every iteration) and `placement` (global, models to GPUs)."""

@@ -1,0 +1,60 @@
+"""Configuration of the local scheduler: the models it serves and its knobs (frozen, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fineserve.scheduler.local.costs import InstanceKey
+
+REJECT = "reject"
+BEST_EFFORT = "best_effort"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One co-located model instance: its cost-model key, context limit and SLOs (seconds).
+
+    An SLO of None means the model has no such objective.
+    """
+
+    name: str
+    key: InstanceKey
+    max_model_len: int
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_model_len < 1:
+            raise ValueError(f"model {self.name!r}: max_model_len must be >= 1")
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"model {self.name!r}: {name} must be > 0 or None")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs of the local scheduler.
+
+    - `token_budget`: tokens per step over all models (one per decode plus prefill chunks).
+    - `max_running`: running sequences per model at most.
+    - `unmeetable`: what a policy does with a request that cannot meet its TTFT even alone:
+      "reject" (ends it with finish_reason "rejected") or "best_effort" (serve it after others).
+    - `admit_headroom_pages`: pages a model must still have free after admitting a new prompt,
+      so running decodes can grow without preemption.
+    - `max_preemptions_per_grant`: victims tried for one page request before giving up.
+    """
+
+    token_budget: int = 512
+    max_running: int = 256
+    unmeetable: str = REJECT
+    admit_headroom_pages: int = 1
+    max_preemptions_per_grant: int = 4
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1:
+            raise ValueError("token_budget must be >= 1")
+        if self.max_running < 1:
+            raise ValueError("max_running must be >= 1")
+        if self.unmeetable not in (REJECT, BEST_EFFORT):
+            raise ValueError(f"unmeetable must be {REJECT!r} or {BEST_EFFORT!r}")

@@ -1,0 +1,120 @@
+"""KV pages for the local scheduler: grants, precision-aware arbitration, preemption.
+
+`PageBroker` is the scheduler's only door to the allocator. Invariant: a sequence's `pages`
+are exactly the pages the allocator holds for it; `release` returns all of them at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+from fineserve.memory.allocator import KVAllocator
+from fineserve.memory.arbitration import (
+    MemoryDemand,
+    PreemptionCandidate,
+    choose_victim,
+    grant_order,
+)
+from fineserve.memory.errors import OutOfPagesError
+from fineserve.scheduler.local.config import ServedModel
+from fineserve.scheduler.local.sequence import Sequence
+
+
+class PageBroker:
+    """Allocates pages for sequences and picks preemption victims (see module docstring)."""
+
+    def __init__(
+        self,
+        allocator: KVAllocator,
+        models: Mapping[str, ServedModel],
+        max_preemptions: int,
+    ) -> None:
+        self.allocator = allocator
+        self.models = models
+        self.max_preemptions = max_preemptions
+        self.tokens_per_page = {m: allocator.page_format(m).tokens_per_page for m in models}
+        self.tokens_per_byte = {m: 1.0 / allocator.page_format(m).bytes_per_token for m in models}
+
+    def pages_needed(self, seq: Sequence, tokens_after: int) -> int:
+        """Extra pages `seq` needs so its KV can hold `tokens_after` tokens."""
+        t = self.tokens_per_page[seq.model]
+        return max(0, -(-tokens_after // t) - len(seq.pages))
+
+    def available(self, model: str) -> int:
+        return self.allocator.available_pages(model)
+
+    def try_allocate(self, seq: Sequence, n: int) -> list[int] | None:
+        """Give `seq` n more pages, or None (nothing given) when memory is short."""
+        try:
+            pages = self.allocator.allocate(seq.model, n)
+        except OutOfPagesError:
+            return None
+        seq.pages.extend(pages)
+        return pages
+
+    def grant(
+        self,
+        seq: Sequence,
+        n: int,
+        candidates: Callable[[], Iterable[Sequence]],
+        preempt: Callable[[Sequence], None],
+        now: float,
+    ) -> list[int] | None:
+        """Allocate n pages for `seq`, preempting victims (chosen by arbitration among
+        `candidates()` and `seq` itself) while memory is short. None if `seq` gets none
+        (it may itself have been preempted: check its status)."""
+        for _ in range(self.max_preemptions + 1):
+            pages = self.try_allocate(seq, n)
+            if pages is not None:
+                return pages
+            victim = self.pick_victim(seq, candidates(), now)
+            if victim is None:
+                return None
+            preempt(victim)
+            if victim is seq:
+                return None
+        return None
+
+    def pick_victim(self, seq: Sequence, others: Iterable[Sequence], now: float) -> Sequence | None:
+        """The arbitration's victim among `others` and `seq`. Victims of `seq`'s own model are
+        preferred (their pages surely help); other models' only when it has none."""
+        pool = [s for s in others if s.pages and s is not seq]
+        same = [s for s in pool if s.model == seq.model]
+        pool = same or pool
+        pool.sort(key=lambda s: -s.arrival_s)  # newest first: ties go to the newest
+        pool.append(seq)
+        by_id = {s.request_id: s for s in pool}
+        chosen = choose_victim([self.candidate(s, now) for s in pool], self.allocator)
+        return by_id[chosen.request_id] if chosen is not None else None
+
+    def candidate(self, seq: Sequence, now: float) -> PreemptionCandidate:
+        return PreemptionCandidate(
+            model=seq.model,
+            request_id=seq.request_id,
+            pages=len(seq.pages),
+            slack_s=self.slack(seq, now),
+            tokens_per_byte=self.tokens_per_byte[seq.model],
+        )
+
+    def slack(self, seq: Sequence, now: float) -> float:
+        """Time to the sequence's next deadline: its next token (TPOT) once decoding, else
+        its first token (TTFT); inf without an SLO."""
+        tpot = self.models[seq.model].tpot_slo_s
+        if seq.last_token_s is not None:
+            return seq.last_token_s + tpot - now if tpot is not None else math.inf
+        return seq.deadline_s - now
+
+    def release(self, seq: Sequence) -> None:
+        """Give back every page of `seq` at once."""
+        if seq.pages:
+            self.allocator.free(seq.model, seq.pages)
+            seq.pages = []
+
+    def rank_models(self, demand: Mapping[str, int], slack: Mapping[str, float]) -> list[str]:
+        """Models with page demand, in the order arbitration serves them."""
+        demands = [
+            MemoryDemand(m, n, slack.get(m, math.inf), self.tokens_per_byte[m])
+            for m, n in demand.items()
+        ]
+        return [d.model for d in grant_order(demands, self.allocator)]

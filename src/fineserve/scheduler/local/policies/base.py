@@ -1,0 +1,90 @@
+"""What a local scheduling policy decides, and the context it decides in.
+
+A policy answers two questions each step; the scheduler core does the rest (chunking within
+the token budget, pages, preemption):
+
+- `admit(waiting, ctx)`: in which order the waiting prefills (new, partly prefilled, or
+  preempted) get the step's token budget, and which requests are rejected outright.
+- `decode_limit(model, contexts, ctx)`: how many of a model's running decodes run this step.
+
+Policies are stateless between steps (all state lives in the sequences), so one policy object
+may serve many engines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from collections.abc import Sequence as Seqs
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from fineserve.scheduler.local.config import REJECT, ServedModel
+from fineserve.scheduler.local.predict import Predictor
+from fineserve.scheduler.local.sequence import Sequence
+
+
+@dataclass
+class PolicyContext:
+    """The step being planned: time, budget, predictions, and decodes already in the step."""
+
+    now: float
+    token_budget: int
+    predictor: Predictor
+    models: Mapping[str, ServedModel]
+    unmeetable: str = REJECT
+    decodes: dict[str, list[int]] = field(default_factory=dict)  # model -> decode contexts
+
+
+@dataclass
+class Admission:
+    """`order`: prefills in the order they get tokens; `rejected`: requests to end now;
+    `token_budget`: a smaller prefill budget for this step, if the policy wants one."""
+
+    order: list[Sequence]
+    rejected: list[Sequence] = field(default_factory=list)
+    token_budget: int | None = None
+
+
+class Policy(ABC):
+    """A local scheduling policy (see the module docstring)."""
+
+    name: ClassVar[str] = "abstract"
+
+    @abstractmethod
+    def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission: ...
+
+    def decode_limit(self, model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
+        """Default: every running decode runs."""
+        return len(contexts)
+
+
+def split_unmeetable(
+    candidates: Seqs[Sequence], ctx: PolicyContext
+) -> tuple[list[Sequence], list[Sequence]]:
+    """Mark fresh requests that would miss their TTFT deadline even alone.
+
+    Returns (kept, rejected). With `unmeetable == "best_effort"` nothing is rejected: the
+    unmeetable ones are flagged `best_effort` (served after every other request) and kept.
+    """
+    kept: list[Sequence] = []
+    rejected: list[Sequence] = []
+    for seq in candidates:
+        if (
+            seq.fresh
+            and not seq.best_effort
+            and ctx.now + ctx.predictor.prefill_alone(seq) > seq.deadline_s
+        ):
+            if ctx.unmeetable == REJECT:
+                rejected.append(seq)
+                continue
+            seq.best_effort = True
+        kept.append(seq)
+    return kept, rejected
+
+
+def tpot_decode_limit(model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
+    """Decodes of `model` such that its predicted decode step stays within its TPOT SLO."""
+    if model.tpot_slo_s is None:
+        return len(contexts)
+    return ctx.predictor.max_decodes_within(model.name, contexts, model.tpot_slo_s)

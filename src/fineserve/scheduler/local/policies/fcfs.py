@@ -1,0 +1,15 @@
+"""First come, first served: prefills in arrival order, every decode runs, nothing rejected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seqs
+
+from fineserve.scheduler.local.policies.base import Admission, Policy, PolicyContext
+from fineserve.scheduler.local.sequence import Sequence
+
+
+class FCFSPolicy(Policy):
+    name = "fcfs"
+
+    def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
+        return Admission(order=sorted(waiting, key=lambda s: s.arrival_s))

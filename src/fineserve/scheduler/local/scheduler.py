@@ -1,0 +1,422 @@
+"""The local scheduler: continuous batching with chunked prefill over all co-located models.
+
+Every step (`schedule(now)`): decodes first (models in order of SLO slack, each bounded by the
+policy's decode limit), then prefill chunks in the policy's order within the step's token
+budget. Pages come from the allocator through `PageBroker`; when memory runs out a victim chosen
+by precision-aware arbitration is preempted by recompute. `update(plan, result, now)` applies
+the sampled tokens and returns the streamed outputs.
+
+Invariants:
+- Every sequence is in exactly one of `waiting` (no pages), `prefilling` or `decoding`
+  (holding pages), or it has finished and holds no pages.
+- A request appears at most once in a plan; while a plan is in flight its sequences' pages are
+  not freed (an abort of one of them takes effect in `update`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from collections.abc import Sequence as Seqs
+from dataclasses import dataclass, field
+
+from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
+from fineserve.memory.allocator import KVAllocator
+from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
+from fineserve.scheduler.local.costs import CostModel
+from fineserve.scheduler.local.errors import InvalidRequestError
+from fineserve.scheduler.local.memory import PageBroker
+from fineserve.scheduler.local.policies import Policy, PolicyContext, make_policy
+from fineserve.scheduler.local.predict import Predictor
+from fineserve.scheduler.local.sequence import Sequence, Status
+
+
+@dataclass
+class SchedulerStats:
+    """Counters of one scheduler (per instance)."""
+
+    steps: int = 0
+    preemptions: int = 0
+    rejected: int = 0
+    aborted: int = 0
+    finished: int = 0
+    preemptions_by_model: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Build:
+    """One model's part of the plan being built."""
+
+    prefill: ModelBatch
+    decode: ModelBatch
+
+
+class LocalScheduler:
+    """Per-GPU scheduler over every co-located model (see the module docstring)."""
+
+    def __init__(
+        self,
+        models: Seqs[ServedModel],
+        allocator: KVAllocator,
+        cost_model: CostModel,
+        policy: Policy | str = "saab",
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.config = config or SchedulerConfig()
+        self.models: dict[str, ServedModel] = {m.name: m for m in models}
+        missing = [m for m in self.models if m not in allocator.model_names]
+        if missing:
+            raise ValueError(f"models {missing} have no KV memory in the allocator")
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.predictor = Predictor(cost_model, self.models, self.config.token_budget)
+        self.pages = PageBroker(allocator, self.models, self.config.max_preemptions_per_grant)
+        self.seqs: dict[str, Sequence] = {}
+        self.waiting: dict[str, Sequence] = {}
+        self.prefilling: dict[str, Sequence] = {}
+        self.decoding: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
+        self.stats = SchedulerStats()
+        self._step_id = 0
+        self._in_flight: set[str] = set()
+        self._released: list[str] = []
+        self._outputs: list[RequestOutput] = []
+
+    # -- submission ------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        model: str,
+        prompt_token_ids: Seqs[int],
+        max_tokens: int,
+        arrival_s: float,
+        *,
+        sampling: object = None,
+        stop_token_ids: frozenset[int] = frozenset(),
+    ) -> Sequence:
+        """Queue a request, or raise `InvalidRequestError` leaving the scheduler unchanged."""
+        served = self.models.get(model)
+        if served is None:
+            raise InvalidRequestError(f"unknown model {model!r}; serving {sorted(self.models)}")
+        if request_id in self.seqs:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty")
+        if len(prompt_token_ids) >= served.max_model_len:
+            raise InvalidRequestError(
+                f"prompt of {len(prompt_token_ids)} tokens does not fit model {model!r}'s "
+                f"context of {served.max_model_len} tokens (room is needed for one output token)"
+            )
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        seq = Sequence(
+            request_id,
+            model,
+            list(prompt_token_ids),
+            max_tokens,
+            arrival_s,
+            served.ttft_slo_s,
+            sampling,
+            stop_token_ids,
+        )
+        self.seqs[request_id] = seq
+        self.waiting[request_id] = seq
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        """End a request now; its pages are freed at once (or, while it is in the step being
+        executed, when that step finishes). False if the request is unknown or finished."""
+        seq = self.seqs.get(request_id)
+        if seq is None or seq.status is Status.FINISHED or seq.finish_reason is not None:
+            return False
+        self.stats.aborted += 1
+        if request_id in self._in_flight:
+            seq.finish_reason = "abort"
+        else:
+            self._finish(seq, "abort")
+        return True
+
+    # -- planning ----------------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        """Plan one step at time `now` (see the module docstring)."""
+        self._step_id += 1
+        self.stats.steps += 1
+        plan = StepPlan(step_id=self._step_id, now=now, released=self._released)
+        self._released = []
+        builds = {
+            m: _Build(ModelBatch(m, s.key), ModelBatch(m, s.key)) for m, s in self.models.items()
+        }
+        ctx = PolicyContext(
+            now, self.config.token_budget, self.predictor, self.models, self.config.unmeetable
+        )
+        scheduled: set[str] = set()
+        budget = self._schedule_decodes(plan, builds, scheduled, ctx)
+        self._schedule_prefills(plan, builds, scheduled, ctx, budget)
+        for build in builds.values():
+            batch = _merge(build)
+            if batch.request_ids:
+                plan.batches.append(batch)
+        self._in_flight = scheduled
+        return plan
+
+    def _model_order(self, now: float) -> list[str]:
+        """Models by SLO slack: the earliest TTFT deadline among their prefills first."""
+        urgent = {m: float("inf") for m in self.models}
+        for seq in self._prefill_candidates():
+            urgent[seq.model] = min(urgent[seq.model], seq.deadline_s)
+        return sorted(self.models, key=lambda m: urgent[m])
+
+    def _prefill_candidates(self) -> Iterator[Sequence]:
+        yield from self.waiting.values()
+        yield from self.prefilling.values()
+
+    def _schedule_decodes(
+        self, plan: StepPlan, builds: dict[str, _Build], scheduled: set[str], ctx: PolicyContext
+    ) -> int:
+        """Add the decodes the policy allows; returns the token budget left for prefill."""
+        budget = self.config.token_budget
+        for name in self._model_order(ctx.now):
+            running = list(self.decoding[name].values())
+            if not running:
+                continue
+            limit = self.policy.decode_limit(
+                self.models[name], [s.num_computed for s in running], ctx
+            )
+            if limit < len(running):  # longest-waiting first, so no decode starves
+                running = sorted(running, key=lambda s: s.last_token_s or 0.0)[:limit]
+            batch = builds[name].decode
+            for seq in running:
+                if seq.status is not Status.RUNNING:
+                    continue  # preempted earlier in this loop
+                need = self.pages.pages_needed(seq, seq.num_computed + 1)
+                if need and not self._grant(seq, need, plan, scheduled, ctx.now):
+                    continue
+                _add(batch, seq, seq.tokens[-1:], True)
+                scheduled.add(seq.request_id)
+                budget -= 1
+            ctx.decodes[name] = batch.positions
+        return max(budget, 0)
+
+    def _schedule_prefills(
+        self,
+        plan: StepPlan,
+        builds: dict[str, _Build],
+        scheduled: set[str],
+        ctx: PolicyContext,
+        budget: int,
+    ) -> None:
+        """Prefill chunks in the policy's order until the token budget is spent."""
+        admission = self.policy.admit(list(self._prefill_candidates()), ctx)
+        for seq in admission.rejected:
+            self.stats.rejected += 1
+            self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
+        if admission.token_budget is not None:
+            budget = min(budget, admission.token_budget)
+        order = self._memory_order(admission.order, budget, ctx.now)
+        for seq in order:
+            if budget <= 0:
+                break
+            if seq.status is not Status.WAITING and seq.request_id not in self.prefilling:
+                continue  # preempted or finished meanwhile
+            if seq.request_id in scheduled:
+                continue
+            chunk = min(seq.pending, budget)
+            if self._start_chunk(seq, chunk, plan, scheduled, ctx.now):
+                _add(builds[seq.model].prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
+                scheduled.add(seq.request_id)
+                budget -= chunk
+
+    def _start_chunk(
+        self, seq: Sequence, chunk: int, plan: StepPlan, scheduled: set[str], now: float
+    ) -> bool:
+        """Get the pages for a prefill chunk; a waiting sequence starts only if its model is
+        under `max_running` and keeps `admit_headroom_pages` free, and never preempts."""
+        need = self.pages.pages_needed(seq, seq.num_computed + chunk)
+        if seq.status is Status.WAITING:
+            running = len(self.decoding[seq.model]) + sum(
+                1 for s in self.prefilling.values() if s.model == seq.model
+            )
+            if running >= self.config.max_running:
+                return False
+            if self.pages.available(seq.model) < need + self.config.admit_headroom_pages:
+                return False
+            got = self.pages.try_allocate(seq, need)
+            if got is None:
+                return False
+            plan.new_pages.setdefault(seq.model, []).extend(got)
+            del self.waiting[seq.request_id]
+            self.prefilling[seq.request_id] = seq
+            seq.status = Status.RUNNING
+            return True
+        return need == 0 or self._grant(seq, need, plan, scheduled, now)
+
+    def _memory_order(self, order: list[Sequence], budget: int, now: float) -> list[Sequence]:
+        """When the chunks this step would need more pages than a model can get, serve models
+        in the arbitration's grant order (stable within a model)."""
+        demand: dict[str, int] = {}
+        slack: dict[str, float] = {}
+        for seq in order:
+            if budget <= 0:
+                break
+            chunk = min(seq.pending, budget)
+            budget -= chunk
+            demand[seq.model] = demand.get(seq.model, 0) + self.pages.pages_needed(
+                seq, seq.num_computed + chunk
+            )
+            slack[seq.model] = min(slack.get(seq.model, float("inf")), seq.deadline_s - now)
+        if all(n <= self.pages.available(m) for m, n in demand.items()):
+            return order
+        rank = {m: i for i, m in enumerate(self.pages.rank_models(demand, slack))}
+        return sorted(order, key=lambda s: rank.get(s.model, len(rank)))
+
+    def _grant(
+        self, seq: Sequence, n: int, plan: StepPlan, scheduled: set[str], now: float
+    ) -> bool:
+        """Pages for a running sequence, preempting unscheduled running ones if needed."""
+
+        def others() -> Iterator[Sequence]:
+            for s in self._running():
+                if s.request_id not in scheduled:
+                    yield s
+
+        def preempt(victim: Sequence) -> None:
+            self._preempt(victim, plan)
+
+        got = self.pages.grant(seq, n, others, preempt, now)
+        if got is None:
+            return False
+        plan.new_pages.setdefault(seq.model, []).extend(got)
+        return True
+
+    def _running(self) -> Iterator[Sequence]:
+        yield from self.prefilling.values()
+        for running in self.decoding.values():
+            yield from running.values()
+
+    def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
+        """Preempt by recompute: free every page, keep the outputs, queue it again."""
+        self.pages.release(seq)
+        self.prefilling.pop(seq.request_id, None)
+        self.decoding[seq.model].pop(seq.request_id, None)
+        seq.num_computed = 0
+        seq.prefill_alone_s = None
+        seq.status = Status.WAITING
+        seq.num_preemptions += 1
+        self.waiting[seq.request_id] = seq
+        self.stats.preemptions += 1
+        by_model = self.stats.preemptions_by_model
+        by_model[seq.model] = by_model.get(seq.model, 0) + 1
+        plan.preempted.append(seq.request_id)
+
+    # -- results -----------------------------------------------------------------------------
+    def update(self, plan: StepPlan, result: StepResult, now: float) -> list[RequestOutput]:
+        """Apply a step's result at time `now`; returns every output since the last update."""
+        if result.step_id != plan.step_id:
+            raise ValueError(f"result of step {result.step_id} given for step {plan.step_id}")
+        for batch in plan.batches:
+            for i, rid in enumerate(batch.request_ids):
+                self._apply(batch, i, rid, result, now)
+        self._in_flight = set()
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def _apply(self, batch: ModelBatch, i: int, rid: str, result: StepResult, now: float) -> None:
+        seq = self.seqs[rid]
+        if seq.finish_reason == "abort":  # aborted while the step ran
+            self._finish(seq, "abort")
+            return
+        seq.num_computed += len(batch.token_ids[i])
+        if not batch.samples[i]:
+            return
+        token = result.tokens[rid]
+        seq.tokens.append(token)
+        if seq.first_token_s is None:
+            seq.first_token_s = now
+        seq.last_token_s = now
+        if self.prefilling.pop(rid, None) is not None:
+            self.decoding[seq.model][rid] = seq
+        reason = None
+        if rid in result.stopped or token in seq.stop_token_ids:
+            reason = "stop"
+        elif seq.num_output >= seq.max_tokens or len(seq.tokens) >= (
+            self.models[seq.model].max_model_len
+        ):
+            reason = "length"
+        if reason is None:
+            self._outputs.append(
+                RequestOutput(rid, seq.model, [token], num_output_tokens=seq.num_output)
+            )
+        else:
+            self._finish(seq, reason, token=token)
+
+    def _finish(
+        self, seq: Sequence, reason: str, error: str | None = None, token: int | None = None
+    ) -> None:
+        """End `seq`: free all its pages, drop it from every queue, emit its last output."""
+        self.pages.release(seq)
+        rid = seq.request_id
+        self.waiting.pop(rid, None)
+        self.prefilling.pop(rid, None)
+        self.decoding[seq.model].pop(rid, None)
+        del self.seqs[rid]
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        if reason not in ("abort", "rejected"):
+            self.stats.finished += 1
+        self._released.append(rid)
+        self._outputs.append(
+            RequestOutput(
+                rid,
+                seq.model,
+                [] if token is None else [token],
+                finished=True,
+                finish_reason=reason,
+                error=error,
+                num_output_tokens=seq.num_output,
+            )
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self.seqs) or bool(self._outputs)
+
+    def num_running(self, model: str | None = None) -> int:
+        if model is None:
+            return len(self.prefilling) + sum(len(d) for d in self.decoding.values())
+        return len(self.decoding[model]) + sum(
+            1 for s in self.prefilling.values() if s.model == model
+        )
+
+    def pending_outputs(self) -> list[RequestOutput]:
+        """Outputs produced outside a step (aborts, rejections); clears them."""
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def used_pages(self) -> Mapping[str, int]:
+        return {m: self.pages.allocator.used_pages(m) for m in self.models}
+
+
+def _chunk(seq: Sequence, n: int) -> list[int]:
+    return seq.tokens[seq.num_computed : seq.num_computed + n]
+
+
+def _add(batch: ModelBatch, seq: Sequence, tokens: list[int], samples: bool) -> None:
+    batch.request_ids.append(seq.request_id)
+    batch.token_ids.append(tokens)
+    batch.positions.append(seq.num_computed)
+    batch.page_tables.append(seq.pages)
+    batch.samples.append(samples)
+    batch.sampling.append(seq.sampling)
+
+
+def _merge(build: _Build) -> ModelBatch:
+    """Prefill chunks first, then decodes (the `ModelBatch` invariant)."""
+    p, d = build.prefill, build.decode
+    return ModelBatch(
+        p.model,
+        p.key,
+        p.request_ids + d.request_ids,
+        p.token_ids + d.token_ids,
+        p.positions + d.positions,
+        p.page_tables + d.page_tables,
+        p.samples + d.samples,
+        p.sampling + d.sampling,
+        num_prefills=len(p.request_ids),
+    )

@@ -1,0 +1,104 @@
+"""A request's state inside the local scheduler (mutable, owned by the scheduler only).
+
+Invariants:
+- `tokens` is the prompt followed by every output token; `num_computed` of them have KV in
+  `pages` (`num_computed <= len(tokens)`), and `pages` holds exactly the pages those tokens need
+  or a few more (allocated for the chunk being run).
+- A preempted sequence has no pages and `num_computed == 0`; its outputs are kept, so it is
+  recomputed by one prefill over prompt + outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    WAITING = "waiting"  # no KV yet (new, or preempted)
+    RUNNING = "running"  # holds pages: prefilling in chunks, or decoding
+    FINISHED = "finished"
+
+
+class Sequence:
+    """One request. `deadline_s` is its TTFT deadline (inf without a TTFT SLO)."""
+
+    __slots__ = (
+        "arrival_s",
+        "best_effort",
+        "deadline_s",
+        "finish_reason",
+        "first_token_s",
+        "last_token_s",
+        "max_tokens",
+        "model",
+        "num_computed",
+        "num_preemptions",
+        "num_prompt",
+        "pages",
+        "prefill_alone_s",
+        "request_id",
+        "sampling",
+        "status",
+        "stop_token_ids",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        prompt_token_ids: list[int],
+        max_tokens: int,
+        arrival_s: float,
+        ttft_slo_s: float | None = None,
+        sampling: Any = None,
+        stop_token_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.tokens: list[int] = list(prompt_token_ids)
+        self.num_prompt = len(self.tokens)
+        self.max_tokens = max_tokens
+        self.arrival_s = arrival_s
+        self.deadline_s = arrival_s + ttft_slo_s if ttft_slo_s is not None else math.inf
+        self.sampling = sampling
+        self.stop_token_ids = stop_token_ids
+        self.pages: list[int] = []
+        self.num_computed = 0
+        self.status = Status.WAITING
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
+        self.num_preemptions = 0
+        self.best_effort = False
+        self.prefill_alone_s: float | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+    @property
+    def pending(self) -> int:
+        """Tokens still to feed before the next token can be sampled."""
+        return len(self.tokens) - self.num_computed
+
+    @property
+    def is_decode(self) -> bool:
+        return (
+            self.num_computed > 0
+            and len(self.tokens) - self.num_computed == 1
+            and (len(self.tokens) > self.num_prompt)
+        )
+
+    @property
+    def fresh(self) -> bool:
+        """Never started: no KV and no output yet."""
+        return self.num_computed == 0 and len(self.tokens) == self.num_prompt
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, {self.model!r}, {self.status.value}, "
+            f"computed={self.num_computed}/{len(self.tokens)}, pages={len(self.pages)})"
+        )

@@ -1,0 +1,1 @@
+"""Discrete-event simulation pieces that need no torch (executor, ...)."""

@@ -144,7 +144,12 @@ class LocalScheduler:
             m: _Build(ModelBatch(m, s.key), ModelBatch(m, s.key)) for m, s in self.models.items()
         }
         ctx = PolicyContext(
-            now, self.config.token_budget, self.predictor, self.models, self.config.unmeetable
+            now,
+            self.config.token_budget,
+            self.predictor,
+            self.models,
+            self.config.unmeetable,
+            can_start=self._can_start,
         )
         scheduled: set[str] = set()
         budget = self._schedule_decodes(plan, builds, scheduled, ctx)
@@ -230,12 +235,7 @@ class LocalScheduler:
         under `max_running` and keeps `admit_headroom_pages` free, and never preempts."""
         need = self.pages.pages_needed(seq, seq.num_computed + chunk)
         if seq.status is Status.WAITING:
-            running = len(self.decoding[seq.model]) + sum(
-                1 for s in self.prefilling.values() if s.model == seq.model
-            )
-            if running >= self.config.max_running:
-                return False
-            if self.pages.available(seq.model) < need + self.config.admit_headroom_pages:
+            if not self._can_start(seq, chunk):
                 return False
             got = self.pages.try_allocate(seq, need)
             if got is None:
@@ -246,6 +246,17 @@ class LocalScheduler:
             seq.status = Status.RUNNING
             return True
         return need == 0 or self._grant(seq, need, plan, scheduled, now)
+
+    def _can_start(self, seq: Sequence, chunk: int | None = None) -> bool:
+        """Whether a sequence may take its next chunk now: a running one always may; a waiting
+        one if its model is under `max_running` and keeps `admit_headroom_pages` free."""
+        if seq.status is not Status.WAITING:
+            return True
+        if self.num_running(seq.model) >= self.config.max_running:
+            return False
+        chunk = min(seq.pending, self.config.token_budget) if chunk is None else chunk
+        need = self.pages.pages_needed(seq, seq.num_computed + chunk)
+        return self.pages.available(seq.model) >= need + self.config.admit_headroom_pages
 
     def _memory_order(self, order: list[Sequence], budget: int, now: float) -> list[Sequence]:
         """When the chunks this step would need more pages than a model can get, serve models

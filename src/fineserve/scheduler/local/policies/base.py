@@ -14,7 +14,7 @@ may serve many engines.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -34,6 +34,7 @@ class PolicyContext:
     models: Mapping[str, ServedModel]
     unmeetable: str = REJECT
     decodes: dict[str, list[int]] = field(default_factory=dict)  # model -> decode contexts
+    can_start: Callable[[Sequence], bool] = lambda seq: True  # memory and running limits
 
 
 @dataclass

@@ -57,6 +57,8 @@ class SAABPolicy(Policy):
         for seq in kept:
             if tokens >= ctx.token_budget:
                 break
+            if not ctx.can_start(seq):
+                continue  # no pages (or too many running) for it now: do not let it block
             batch.append(seq)
             tokens += seq.pending
         hold_back_longest(batch, ctx)

@@ -108,7 +108,10 @@ def codec_for(kind: KVDtype) -> KVCodec:
 
 
 def roundtrip_bound(kind: KVDtype, x: torch.Tensor, tensor_scale: float = 1.0) -> torch.Tensor:
-    """Per-element worst-case |x - dequantize(quantize(x))| the format promises (x [..., D])."""
+    """Per-element worst-case |x - dequantize(quantize(x))| the format promises (x [..., D]).
+
+    FP8 values saturate at +-448 * tensor_scale; the bound holds inside that range.
+    """
     x = x.float()
     amax = x.abs().amax(dim=-1, keepdim=True)
     if kind is KVDtype.INT8:

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("fineserve.bench.cli", "run a benchmark (memory, ...)"),
+    "bench": ("fineserve.bench.cli", "run a benchmark (memory, local, ...)"),
     "demo": ("fineserve.bench.demo", "run the embedded CPU demo"),
+    "make-model": ("fineserve.execution.make_model", "write a random-weight HF model folder"),
 }
 
 

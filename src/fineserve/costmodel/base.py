@@ -142,6 +142,8 @@ def colocated_slowdown(
     ``prefill_fraction`` is the share of the instance's solo step time spent on prefill work
     (1.0 pure prefill, 0.0 pure decode). ``model`` defaults to the coefficients fitted from the
     H100 MPS rows (see :class:`InterferenceModel`); the result is 1.0 when running alone.
+    The default reads the committed JSON on every call: hot loops (the simulator) should pass
+    ``model`` (e.g. ``TableCostModel.interference``) instead.
     """
     if model is None:
         from fineserve.costmodel.table import load_fitted_interference

@@ -176,14 +176,14 @@ def print_table(doc: dict[str, Any]) -> None:
 
     table = Table(title=f"KV memory schemes, {doc['scenario']} (means over rankings)")
     table.add_column("scheme")
-    for key in METRICS:
-        table.add_column(key.replace("_", " "), justify="right")
+    for header in ("load", "util@pressure", "stranded", "edge", "tail", "µs/page"):
+        table.add_column(header, justify="right")
     for scheme, figures in doc["schemes"].items():
         cells = [
             f"{figures[k]:.3f}" if k != "alloc_free_us" else f"{figures[k]:.2f}" for k in METRICS
         ]
         table.add_row(scheme, *cells)
-    console = Console()
+    console = Console(width=110)
     console.print(table)
     console.print(f"arena: {doc['arena_bytes'] / 2**30:.2f} GiB; workload: {doc['workload']}")
     slab = doc["schemes"]["slab"]["sustainable_load"]

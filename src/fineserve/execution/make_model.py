@@ -152,7 +152,8 @@ def _weights_and_config(args: argparse.Namespace, config: dict[str, Any]) -> dic
         )  # fmt: skip
         tensors, qc = export_quantized(state, args.precision, opts)
         if qc.get("kv_cache_scheme"):
-            tensors.update(fp8_kv_scales(config, state))
+            base = BASE_DTYPE[args.precision]
+            tensors.update({k: v.to(base) for k, v in fp8_kv_scales(config, state).items()})
         config["quantization_config"] = qc
         dtype = BASE_DTYPE[args.precision]
     config["dtype"] = str(dtype).removeprefix("torch.")

@@ -3,8 +3,9 @@
 For each decoder layer, k_scale = sqrt(2) * max|K| / 448 and v_scale = max|V| / 448, where K is
 the key projection output (after q/k norm where the architecture has one; the sqrt(2) bounds the
 growth of a component under rotary embedding) and V the value projection output, over a fixed
-calibration batch. Scales are float32 scalars named `model.layers.N.self_attn.{k,v}_scale`, as
-llmcompressor names them.
+calibration batch. Scales are float32 tensors of shape [1] named
+`model.layers.N.self_attn.{k,v}_scale`, as llmcompressor names them (make-model stores them in
+the model dtype, as llmcompressor does).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _calibration_ids(vocab_size: int, n_tokens: int = 256) -> torch.Tensor:
 
 
 def fp8_kv_scales(hf_config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """{name: float32 scalar} k/v scales for every layer of the model given by `state`."""
+    """{name: float32 [1]} k/v scales for every layer of the model given by `state`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(**{k: v for k, v in hf_config.items() if k != "dtype"})
@@ -46,6 +47,6 @@ def fp8_kv_scales(hf_config: dict[str, Any], state: dict[str, torch.Tensor]) -> 
         h.remove()
     factor = {"k": 2.0**0.5, "v": 1.0}
     return {
-        key: torch.tensor(max(val, 1e-6) * factor[key[-7]] / FP8_MAX, dtype=torch.float32)
+        key: torch.tensor([max(val, 1e-6) * factor[key[-7]] / FP8_MAX], dtype=torch.float32)
         for key, val in amax.items()
     }

@@ -11,8 +11,10 @@ pack-quantized (W4A16, also W8A16), strategy "group" (scale [out, in/g]) or "cha
 Dequantization: W[o, i] = (q[o, i] - zp[o, i // g]) * s[o, i // g].
 Symmetric quantization: s = max|w| / ((2**b - 1) / 2), q = clamp(round(w / s), qmin, qmax).
 
-float-quantized (FP8 E4M3): `weight` float8_e4m3fn [out, in], `weight_scale` float32 [out, 1]
-(channel) or [1] (tensor); W = weight * scale, s = max|w| / 448.
+float-quantized (FP8 E4M3): `weight` float8_e4m3fn [out, in], `weight_scale` [out, 1]
+(channel) or [1] (tensor) in the model dtype (llmcompressor 0.14 writes bf16 for a bf16 model);
+W = weight * scale, s = max|w| / 448. A static FP8 KV cache adds `self_attn.k_scale` and
+`self_attn.v_scale` ([1], model dtype) per layer.
 int-quantized (INT8): `weight` int8 [out, in], `weight_scale` [out, 1]; W = weight * scale,
 s = max|w| / 127.
 """
@@ -83,8 +85,10 @@ def dequantize_packed(
     return codes * scale.float()[:, gi]
 
 
-def quantize_fp8(weight: torch.Tensor, strategy: str) -> dict[str, torch.Tensor]:
-    """FP8 E4M3 weight with a float32 per-channel ([out, 1]) or per-tensor ([1]) scale."""
+def quantize_fp8(
+    weight: torch.Tensor, strategy: str, scale_dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """FP8 E4M3 weight with a per-channel ([out, 1]) or per-tensor ([1]) scale in `scale_dtype`."""
     w = weight.float()
     if strategy == "channel":
         amax = w.abs().amax(dim=1, keepdim=True)
@@ -92,9 +96,9 @@ def quantize_fp8(weight: torch.Tensor, strategy: str) -> dict[str, torch.Tensor]
         amax = w.abs().amax().reshape(1)
     else:
         raise ValueError(f"FP8 weight strategy must be channel or tensor, got {strategy!r}")
-    scale = (amax / FP8_MAX).clamp(min=1e-12)
+    scale = (amax / FP8_MAX).clamp(min=1e-12).to(scale_dtype).float()
     q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return {"weight": q, "weight_scale": scale}
+    return {"weight": q, "weight_scale": scale.to(scale_dtype)}
 
 
 def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -134,7 +134,7 @@ def _quantize_one(
     if precision == "ct-w4a16":
         return quantize_packed(w, 4, group, base)
     if precision == "fp8":
-        return quantize_fp8(w, opts.weight_strategy)
+        return quantize_fp8(w, opts.weight_strategy, base)
     if precision == "w8a8":
         return quantize_int8(w, base)
     return quantize_qoq(w, group)

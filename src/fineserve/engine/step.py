@@ -35,6 +35,7 @@ class ModelBatch:
     page_tables: list[list[int]] = field(default_factory=list)
     samples: list[bool] = field(default_factory=list)
     sampling: list[Any] = field(default_factory=list)
+    output_index: list[int] = field(default_factory=list)  # outputs generated before the step
     num_prefills: int = 0
 
     def __len__(self) -> int:

@@ -415,6 +415,7 @@ def _add(batch: ModelBatch, seq: Sequence, tokens: list[int], samples: bool) -> 
     batch.page_tables.append(seq.pages)
     batch.samples.append(samples)
     batch.sampling.append(seq.sampling)
+    batch.output_index.append(len(seq.tokens) - seq.num_prompt)
 
 
 def _merge(build: _Build) -> ModelBatch:
@@ -429,5 +430,6 @@ def _merge(build: _Build) -> ModelBatch:
         p.page_tables + d.page_tables,
         p.samples + d.samples,
         p.sampling + d.sampling,
+        p.output_index + d.output_index,
         num_prefills=len(p.request_ids),
     )

@@ -204,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
     source = TraceSource.load(data_dir, settings.seed)
 
     def progress(msg: str) -> None:
-        if not args.json:
-            print(msg, file=sys.stderr, flush=True)
+        print(msg, file=sys.stderr, flush=True)  # stdout carries only the table or the JSON
 
     doc = run_benchmark(scenario, source, settings, progress)
     if args.json:

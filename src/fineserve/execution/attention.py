@@ -53,9 +53,17 @@ class TorchReferenceBackend(AttentionBackend):
         dec = meta.decode
         if dec is not None:
             k, v = kv.gather(dec.page_table, q.dtype)  # [Bd, L, Hkv, D]
-            qd = q[dec.rows][:, :, None, :]  # [Bd, Hq, 1, D]
-            o = _sdpa(qd, k, v, meta.decode_mask(window), scale)
-            out[dec.rows] = o[:, :, 0, :]
+            rows = dec.rows
+            qd = q if rows is None else q[rows]
+            bd, hq, d = qd.shape
+            hkv = k.shape[2]
+            # GQA without repeating K/V: a KV head's G query heads act as G query rows.
+            o = _sdpa(qd.reshape(bd, hkv, hq // hkv, d), k, v, meta.decode_mask(window), scale)
+            o = o.reshape(bd, hq, d)
+            if rows is None:
+                out = o
+            else:
+                out[rows] = o
         for i, seq in enumerate(meta.prefills):
             k, v = kv.gather(seq.page_table, q.dtype)
             qs = q[seq.start : seq.end].transpose(0, 1)[None]  # [1, Hq, q, D]

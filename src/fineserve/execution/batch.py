@@ -40,7 +40,7 @@ class SeqChunk:
 
 @dataclass
 class DecodeGroup:
-    rows: torch.Tensor  # [Bd] token rows of decode tokens
+    rows: torch.Tensor | None  # [Bd] token rows of decode tokens; None: every row, in order
     page_table: torch.Tensor  # [Bd, P]
     context_lens: torch.Tensor  # [Bd]
 
@@ -159,8 +159,9 @@ def _decode_group(
     for r, i in enumerate(idx):
         pages = list(chunks[i].pages[: _pages_needed(chunks[i], tpp)])
         table[r, : len(pages)] = torch.tensor(pages, dtype=torch.long)
+    every_row = len(idx) == len(chunks)  # all chunks are decodes: rows are 0..Bd-1
     return DecodeGroup(
-        rows=torch.tensor(rows, dtype=torch.long),
+        rows=None if every_row else torch.tensor(rows, dtype=torch.long),
         page_table=table,
         context_lens=torch.tensor([chunks[i].context_len for i in idx], dtype=torch.long),
     )

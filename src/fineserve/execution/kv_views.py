@@ -93,15 +93,16 @@ class LayerKV:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V for page rows [B, P] -> [B, P*T, H, D] in `dtype` (padding pages included)."""
         out = []
+        flat = page_table.reshape(-1)
+        b, p = page_table.shape
         for data, scale_view, ts in (
             (self.k, self.k_scale, self.tensor_scales[0]),
             (self.v, self.v_scale, self.tensor_scales[1]),
         ):
-            raw = data[page_table]
-            scales = None if scale_view is None else scale_view[page_table]
+            raw = torch.index_select(data, 0, flat)  # copies whole pages: fast path
+            scales = None if scale_view is None else torch.index_select(scale_view, 0, flat)
             x = self.codec.dequantize(raw, scales, dtype, ts)
-            b, p, t = x.shape[:3]
-            out.append(x.reshape(b, p * t, *x.shape[3:]))
+            out.append(x.reshape(b, p * self.tokens_per_page, *x.shape[2:]))
         return out[0], out[1]
 
 

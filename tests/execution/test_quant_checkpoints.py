@@ -1,4 +1,4 @@
-"""Checkpoints written by llmcompressor itself: our reader equals the tool's dequantization."""
+"""Checkpoints written by llmcompressor and AutoAWQ: our reader equals the tool's dequantization."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fineserve.execution.quant import (
 
 ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints"
 EXPECTED = {
+    "awq-gemm": ("awq", None, True),
     "ct-w4a16": ("ct-w4a16", None, False),
     "ct-w4a16-asym": ("ct-w4a16", None, True),
     "ct-fp8-dynamic": ("fp8", None, False),
@@ -39,7 +40,7 @@ def test_reader_matches_tool_dequantization(name: str) -> None:
         assert is_quantized(qcfg, prefix)
         ours = dequantize_weight(qcfg, prefix, tensors)
         assert ours.dtype == torch.float32 and ours.shape == ref.shape
-        # the tool decompresses in bf16; our float32 values round to exactly the same numbers
+        # the tools decompress in bf16/fp16; our float32 values round to exactly the same numbers
         assert torch.equal(ours.to(ref.dtype), ref), key
     assert not is_quantized(qcfg, "lm_head")
 

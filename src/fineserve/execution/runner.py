@@ -53,25 +53,29 @@ class ModelRunner:
         ctx = ForwardContext(meta, self.kv, self.backend, cos, sin)
         return self.model(meta.input_ids, ctx)
 
-    def _check_pages(self, chunks: Sequence[SeqChunk]) -> None:
+    def _metadata(self, chunks: Sequence[SeqChunk]) -> AttentionMetadata:
+        """Build step metadata; every page id the step touches must be in [0, num_pages)."""
+        meta = build_metadata(chunks, self.tokens_per_page)
+        tables = [meta.slot_pages] + [p.page_table.reshape(-1) for p in meta.prefills]
+        if meta.decode is not None:
+            tables.append(meta.decode.page_table.reshape(-1))
+        used = torch.cat(tables)
         limit = self.kv.num_pages
-        for c in chunks:
-            if any(p < 0 or p >= limit for p in c.pages):
-                raise ValueError(f"sequence {c.seq_id!r}: page id outside [0, {limit})")
+        if int(used.min()) < 0 or int(used.max()) >= limit:
+            raise ValueError(f"a page id of this step lies outside [0, {limit})")
+        return meta
 
     @torch.inference_mode()
     def compute_logits(self, chunks: Sequence[SeqChunk]) -> torch.Tensor:
         """Run the step and return fp32 logits [len(chunks), vocab] of each chunk's last token."""
-        self._check_pages(chunks)
-        meta = build_metadata(chunks, self.tokens_per_page)
+        meta = self._metadata(chunks)
         hidden = self._forward(meta)
         return self.model.logits(hidden[meta.last_rows])
 
     @torch.inference_mode()
     def step(self, chunks: Sequence[SeqChunk]) -> list[SampleResult | None]:
         """Run one step; result i is chunk i's sampled token (None where `sampling` is None)."""
-        self._check_pages(chunks)
-        meta = build_metadata(chunks, self.tokens_per_page)
+        meta = self._metadata(chunks)
         hidden = self._forward(meta)
         wanted = [i for i, c in enumerate(chunks) if c.sampling is not None]
         results: list[SampleResult | None] = [None] * len(chunks)

@@ -1,0 +1,169 @@
+"""Experiments: the paper's cluster comparison (`paper`) and rate drift (`drift`, see drift.py).
+
+`paper`: the catalogue of `catalog.paper_models` on 16 H100s, power-law rates (alpha as MuxServe),
+Poisson arrivals, ShareGPT lengths, TTFT SLO = scale x solo TTFT of the mean ShareGPT prompt.
+For every (total rate, SLO scale) point every scheme runs the same requests on its own
+placement. Metrics come from `workload.metrics.summarize` over the arrival window plus a drain
+period; `sim_speedup` = simulated seconds of all runs / wall seconds spent simulating them.
+The only module of `sim/` that reads a timer (`engine.clock.perf_counter`) — to report speed,
+never to drive the simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fineserve.costmodel.base import CostModel, InterferenceModel
+from fineserve.costmodel.registry import make_cost_model
+from fineserve.costmodel.table import load_fitted_interference
+from fineserve.engine.clock import perf_counter
+from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
+from fineserve.sim.loop import ClusterSim, SimRequest
+from fineserve.sim.placement import Placement, fixed_placement
+from fineserve.sim.schemes import SCHEMES, get_scheme
+from fineserve.sim.workload import (
+    MUXSERVE_ALPHA,
+    assign_rates,
+    mean_prompt,
+    poisson_requests,
+    sharegpt_lengths,
+    with_slos,
+)
+from fineserve.workload.metrics import summarize
+
+SCHEME_ORDER = ("static", "muxserve", "prism", "fineserve", "fineserve_plus")
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """The `paper` sweep. `rates`: total req/s over all models; `slo_scales`: TTFT SLO
+    multiples of solo TTFT; `duration_s`: arrival window; `drain_s`: extra time to finish."""
+
+    rates: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0, 100.0)
+    slo_scales: tuple[float, ...] = (5.0, 10.0)
+    duration_s: float = 120.0
+    drain_s: float = 60.0
+    num_gpus: int = 16
+    copies_8b: int = 5
+    alpha: float = MUXSERVE_ALPHA
+    seed: int = 0
+    schemes: tuple[str, ...] = SCHEME_ORDER
+    cost_model: str = "h100"
+
+    @staticmethod
+    def quick() -> PaperConfig:
+        return PaperConfig(rates=(30.0, 90.0), slo_scales=(5.0,), duration_s=40.0, drain_s=30.0)
+
+
+@dataclass
+class RunResult:
+    """One scheme at one point: the metrics summary and how long it took."""
+
+    summary: dict[str, Any]
+    sim_s: float
+    wall_s: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def placement_for(
+    scheme: str, models: Sequence[SimModel], num_gpus: int, gpu: GpuSpec
+) -> Placement:
+    """The scheme's placement: the placement policies when available, else the built-in one."""
+    return fixed_placement(models, num_gpus, gpu, get_scheme(scheme).placement_score)
+
+
+def run_scheme(
+    scheme: str,
+    models: Sequence[SimModel],
+    requests: Sequence[SimRequest],
+    cost: CostModel,
+    interference: InterferenceModel,
+    num_gpus: int,
+    horizon_s: float,
+    gpu: GpuSpec | None = None,
+    placement: Placement | None = None,
+) -> RunResult:
+    """Simulate one scheme on `requests`; metrics over [0, horizon]."""
+    gpu = gpu or GpuSpec()
+    placement = placement or placement_for(scheme, models, num_gpus, gpu)
+    sim = ClusterSim(models, placement, get_scheme(scheme), cost, interference, gpu)
+    t0 = perf_counter()
+    book = sim.run(requests, horizon_s=horizon_s)
+    wall = perf_counter() - t0
+    records = book.values()
+    window = horizon_s if records else 1.0
+    end = max((r.finish_s for r in records if r.finish_s is not None), default=0.0)
+    window = max(min(horizon_s, max(end, max(r.arrival_s for r in records))), 1e-9)
+    stats = {
+        "steps": float(sim.stats.steps),
+        "events": float(sim.stats.events),
+        "preemptions": float(sim.stats.preemptions),
+        "gpu_busy_s": sim.stats.gpu_busy_s,
+    }
+    return RunResult(summarize(records, window), sim.stats.sim_end_s, wall, stats)
+
+
+def paper_models_at(
+    cfg: PaperConfig, rate: float, scale: float, cost: CostModel, ref: int
+) -> list[SimModel]:
+    models = assign_rates(paper_models(cfg.copies_8b), rate, cfg.alpha, cfg.seed)
+    return with_slos(models, cost, scale, ref)
+
+
+def run_paper(
+    cfg: PaperConfig,
+    data_dir: Path | None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The `paper` experiment's JSON document (see the module docstring)."""
+    cost = make_cost_model(cfg.cost_model)
+    interference = load_fitted_interference()
+    lengths = sharegpt_lengths(data_dir)
+    ref = mean_prompt(lengths)
+    points: list[dict[str, Any]] = []
+    sim_total = wall_total = 0.0
+    detail: list[dict[str, Any]] = []
+    for rate in cfg.rates:
+        for scale in cfg.slo_scales:
+            models = paper_models_at(cfg, rate, scale, cost, ref)
+            reqs = poisson_requests(models, lengths, cfg.duration_s, cfg.seed)
+            schemes: dict[str, dict[str, float]] = {}
+            for name in cfg.schemes:
+                res = run_scheme(name, models, reqs, cost, interference, cfg.num_gpus,
+                                 cfg.duration_s + cfg.drain_s)  # fmt: skip
+                sim_total += res.sim_s
+                wall_total += res.wall_s
+                s = res.summary
+                schemes[name] = {
+                    "slo_attainment": float(s["slo_attainment"] or 0.0),
+                    "tokens_per_s": float(s["tokens_per_s"]),
+                    "goodput_rps": float(s["goodput_rps"]),
+                }
+                detail.append({"rate": rate, "slo_scale": scale, "scheme": name,
+                               "requests": s["requests"], "sim_s": res.sim_s,
+                               "wall_s": res.wall_s, **res.stats})  # fmt: skip
+                if progress is not None:
+                    progress(
+                        f"rate {rate:g} scale {scale:g} {name}: attainment "
+                        f"{schemes[name]['slo_attainment']:.3f}, {s['tokens_per_s']:.0f} tok/s "
+                        f"({res.sim_s:.0f} s simulated in {res.wall_s:.1f} s)"
+                    )
+            points.append({"rate": rate, "slo_scale": scale, "schemes": schemes})
+    return {
+        "experiment": "paper",
+        "points": points,
+        "sim_speedup": sim_total / max(wall_total, 1e-9),
+        "runs": detail,
+        "config": {
+            "num_gpus": cfg.num_gpus,
+            "alpha": cfg.alpha,
+            "duration_s": cfg.duration_s,
+            "models": len(paper_models(cfg.copies_8b)),
+            "ref_prompt_tokens": ref,
+            "cost_model": cfg.cost_model,
+            "schemes": list(SCHEMES),
+        },  # fmt: skip
+    }

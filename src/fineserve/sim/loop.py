@@ -1,0 +1,268 @@
+"""The discrete-event cluster simulator: N GPUs, each GPU group running real engines.
+
+Events on one virtual clock: request arrivals (a sorted list), step completions (one heap entry
+per GPU group: its next activity completion, invalidated by a version number whenever the
+group's concurrency changes) and placement events (`replace_at`: a callback returning a new
+placement, applied between events). An engine is *busy* from `begin_step(now)` until every
+batch of its plan has finished on the group (see `device.py` for the interference model), then
+`finish_step(result, now)` runs and its outputs become request records; an idle engine with work
+starts its next step at once. Requests go to the instance of their model with the fewest
+unfinished requests (ties: first placed).
+
+Invariants: the clock never goes back; an engine has at most one plan in flight; every request
+has exactly one record; requests still unfinished at the horizon count as failed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fineserve.costmodel.base import CostModel, InterferenceModel
+from fineserve.engine.engine import Engine
+from fineserve.engine.step import StepPlan, StepResult
+from fineserve.memory.allocator import KVAllocator
+from fineserve.scheduler.local.errors import InvalidRequestError
+from fineserve.sim.catalog import GpuSpec, SimModel
+from fineserve.sim.device import Activity, GpuGroup
+from fineserve.sim.placement import Placement
+from fineserve.sim.records import RecordBook
+from fineserve.sim.schemes import SchemeSpec, build_group_engines
+from fineserve.sim.stepper import BatchCoster
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """One request of the workload (arrival on the simulation clock)."""
+
+    request_id: str
+    model: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True, eq=False)
+class SimEngine:
+    """An engine on a GPU group, with its in-flight step."""
+
+    engine: Engine
+    group: GpuGroup
+    allocator: KVAllocator
+    models: list[str]
+    map_cost_s: float = 0.0
+    result: StepResult | None = None
+    left: int = 0
+    outstanding: int = 0
+    map_seen: int = 0
+    retired: bool = False
+
+
+@dataclass
+class SimStats:
+    steps: int = 0
+    events: int = 0
+    sim_end_s: float = 0.0
+    gpu_busy_s: float = 0.0
+    replacements: int = 0
+    preemptions: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class ClusterSim:
+    """One simulation run (see the module docstring). Not reusable: make one per run."""
+
+    def __init__(
+        self,
+        models: Sequence[SimModel],
+        placement: Placement,
+        scheme: SchemeSpec,
+        cost_model: CostModel,
+        interference: InterferenceModel,
+        gpu: GpuSpec | None = None,
+        token_times: bool = False,
+    ) -> None:
+        self.models = {m.name: m for m in models}
+        self.scheme = scheme
+        self.cost_model = cost_model
+        self.interference = interference
+        self.gpu = gpu or GpuSpec()
+        self.coster = BatchCoster(cost_model)
+        self.book = RecordBook(token_times)
+        self.stats = SimStats()
+        self.groups: list[GpuGroup] = []
+        self.engines: list[SimEngine] = []
+        self.routes: dict[str, list[SimEngine]] = {}
+        self._heap: list[tuple[float, int, int]] = []
+        self._gid: dict[int, int] = {}
+        self._on_group: dict[int, list[SimEngine]] = {}
+        self._engine_of: dict[str, SimEngine] = {}
+        self.apply_placement(placement, 0.0)
+
+    # -- placement ---------------------------------------------------------------------------
+    def apply_placement(self, placement: Placement, now: float) -> None:
+        """Build engines for `placement`. Old engines stop taking requests and drain; their
+        memory is not returned to the new groups (a conservative migration model)."""
+        for eng in self.engines:
+            eng.retired = True
+        self.routes = {}
+        arenas = group_arenas(placement, self.models, self.gpu)
+        for gpus, names in placement.groups().items():
+            group = GpuGroup(gpus, self.interference, last_t=now)
+            self._gid[id(group)] = len(self.groups)
+            self._on_group[id(group)] = []
+            self.groups.append(group)
+            ms = [self.models[n] for n in names]
+            alloc, engines = build_group_engines(self.scheme, ms, arenas[gpus], self.cost_model)
+            for engine, served in engines:
+                eng = SimEngine(engine, group, alloc, served, self.scheme.map_cost_s)
+                self.engines.append(eng)
+                self._on_group[id(group)].append(eng)
+                for name in served:
+                    self.routes.setdefault(name, []).append(eng)
+        missing = set(self.models) - set(self.routes)
+        if missing:
+            raise ValueError(f"placement leaves models {sorted(missing)} without an instance")
+
+    # -- running -----------------------------------------------------------------------------
+    def run(
+        self,
+        requests: Sequence[SimRequest],
+        horizon_s: float = math.inf,
+        replace_at: Sequence[float] = (),
+        replan: Callable[[float], Placement | None] | None = None,
+    ) -> RecordBook:
+        """Simulate `requests` (sorted by arrival) until all finish or `horizon_s`."""
+        heap = self._heap
+        n, i = len(requests), 0
+        replans = sorted(replace_at) if replan is not None else []
+        j = 0
+        while True:
+            while heap and heap[0][1] != self.groups[heap[0][2]].version:
+                heapq.heappop(heap)
+            t_ev = heap[0][0] if heap else math.inf
+            t_arr = requests[i].arrival_s if i < n else math.inf
+            t_rep = replans[j] if j < len(replans) else math.inf
+            t = min(t_ev, t_arr, t_rep)
+            if t == math.inf or t > horizon_s:
+                break
+            self.stats.events += 1
+            if t_rep <= t_arr and t_rep <= t_ev:
+                j += 1
+                new = replan(t_rep) if replan is not None else None
+                if new is not None:
+                    self.apply_placement(new, t_rep)
+                    self.stats.replacements += 1
+            elif t_arr <= t_ev:
+                self._arrive(requests[i])
+                i += 1
+            else:
+                _, _, gi = heapq.heappop(heap)
+                self._complete(self.groups[gi], t)
+        self.stats.sim_end_s = min(horizon_s, max((g.last_t for g in self.groups), default=0.0))
+        self.stats.gpu_busy_s = sum(g.busy_s * len(g.gpus) for g in self.groups)
+        self.stats.preemptions = sum(e.engine.scheduler.stats.preemptions for e in self.engines)
+        return self.book
+
+    def _push(self, group: GpuGroup) -> None:
+        group.rerate()
+        t = group.next_finish()
+        if t is not None:
+            heapq.heappush(self._heap, (t, group.version, self._gid[id(group)]))
+
+    def _arrive(self, req: SimRequest) -> None:
+        t = req.arrival_s
+        m = self.models[req.model]
+        self.book.arrive(
+            req.request_id, req.model, t, req.prompt_tokens, m.ttft_slo_s, m.tpot_slo_s
+        )
+        eng = min(self.routes[req.model], key=lambda e: e.outstanding)
+        try:
+            eng.engine.add_request(
+                req.request_id, req.model, [1] * req.prompt_tokens, req.output_tokens, arrival_s=t
+            )
+        except InvalidRequestError as exc:
+            self.book.fail(req.request_id, f"invalid: {exc}")
+            return
+        eng.outstanding += 1
+        self._engine_of[req.request_id] = eng
+        if eng.result is None:
+            group = eng.group
+            group.advance(t)
+            if self._start(eng, t):
+                self._push(group)
+
+    def _start(self, eng: SimEngine, now: float) -> bool:
+        """Begin a step of an idle engine; True if it put work on its group."""
+        engine = eng.engine
+        plan: StepPlan = engine.begin_step(now)
+        if plan.empty:
+            self._collect(eng, engine.finish_step(StepResult(plan.step_id, {}, 0.0), now), now)
+            return False
+        result, works = self.coster.run(plan)
+        extra = self._map_cost(eng)
+        self.stats.steps += 1
+        eng.result = result
+        eng.left = len(works)
+        group = eng.group
+        for k, (work, frac) in enumerate(works):
+            group.add(Activity(work + (extra if k == 0 else 0.0), frac, eng))
+        return True
+
+    def _map_cost(self, eng: SimEngine) -> float:
+        """Seconds of page (un)mapping done for this engine's model since its last step."""
+        if not eng.map_cost_s:
+            return 0.0
+        ops = getattr(eng.allocator, "map_ops", 0)
+        delta, eng.map_seen = ops - eng.map_seen, ops
+        return max(delta, 0) * eng.map_cost_s
+
+    def _complete(self, group: GpuGroup, now: float) -> None:
+        group.advance(now)
+        for act in group.pop_finished():
+            eng = act.owner
+            assert isinstance(eng, SimEngine)
+            eng.left -= 1
+            if eng.left == 0:
+                result, eng.result = eng.result, None
+                assert result is not None
+                self._collect(eng, eng.engine.finish_step(result, now), now)
+        for eng in self._on_group[id(group)]:
+            if eng.result is None and eng.engine.has_work():
+                self._start(eng, now)
+        self._push(group)
+
+    def _collect(self, eng: SimEngine, outputs: list, now: float) -> None:
+        if not outputs:
+            return
+        self.book.apply(outputs, now)
+        for out in outputs:
+            if out.finished:
+                owner = self._engine_of.pop(out.request_id, None)
+                if owner is not None:
+                    owner.outstanding -= 1
+
+
+def group_arenas(
+    placement: Placement, models: dict[str, SimModel], gpu: GpuSpec
+) -> dict[tuple[int, ...], int]:
+    """KV bytes per rank for each GPU set: what the weights on each of its GPUs leave, split
+    evenly between the GPU sets sharing a GPU; the smallest over the set's GPUs."""
+    free = [gpu.usable_bytes] * placement.num_gpus
+    sets_on: list[int] = [0] * placement.num_gpus
+    groups = placement.groups()
+    for inst in placement.instances:
+        for g in inst.gpus:
+            free[g] -= models[inst.model].mtype.weight_bytes_per_gpu
+    for gpus in groups:
+        for g in gpus:
+            sets_on[g] += 1
+    out = {}
+    for gpus, names in groups.items():
+        arena = min(free[g] // sets_on[g] for g in gpus)
+        if arena <= 0:
+            raise ValueError(f"models {names} leave no KV memory on GPUs {gpus}")
+        out[gpus] = arena
+    return out

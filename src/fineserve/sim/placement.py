@@ -1,0 +1,123 @@
+"""Placements the simulator runs: which model instance lives on which GPUs.
+
+A `Placement` lists instances (model name, GPU ids); an instance's TP degree is the number of
+its GPUs. Instances on exactly the same GPU set are *co-located* and share that set's KV memory
+and compute. The simulator takes any `Placement`; `fixed_placement` is the simple built-in one
+used until the placement policies of `fineserve.scheduler.placement` are available:
+
+- TP > 1 models get dedicated consecutive GPU groups, largest first;
+- TP = 1 models go, busiest first, to the single GPU with the best score among those where its
+  weights fit with at least `min_kv_bytes` left: `load` (least summed rate x prefill work, used
+  by static and MuxServe), `pressure` (Prism's KV-pressure ratio: least sum(rate/SLO) over free
+  KV bytes), `mme` (FineServe: most free KV tokens per unit of KV demand after adding it).
+
+Invariants: every model of the input appears at least once; no GPU holds more weights than its
+usable memory minus `min_kv_bytes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fineserve.sim.catalog import GIB, GpuSpec, SimModel
+
+SCORES = ("load", "pressure", "mme")
+
+
+@dataclass(frozen=True)
+class PlacedInstance:
+    """One instance of `model` on `gpus` (TP = len(gpus))."""
+
+    model: str
+    gpus: tuple[int, ...]
+
+    @property
+    def tp(self) -> int:
+        return len(self.gpus)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Instances over `num_gpus` GPUs, made by `policy`."""
+
+    instances: tuple[PlacedInstance, ...]
+    num_gpus: int
+    policy: str = "fixed"
+
+    def groups(self) -> dict[tuple[int, ...], list[str]]:
+        """GPU set -> models co-located on exactly that set (insertion order kept)."""
+        out: dict[tuple[int, ...], list[str]] = {}
+        for inst in self.instances:
+            out.setdefault(inst.gpus, []).append(inst.model)
+        return out
+
+
+class PlacementError(ValueError):
+    """The models do not fit the cluster."""
+
+
+def fixed_placement(
+    models: Sequence[SimModel],
+    num_gpus: int,
+    gpu: GpuSpec,
+    score: str = "load",
+    min_kv_bytes: int = 8 * GIB,
+) -> Placement:
+    """The built-in placement (see the module docstring)."""
+    if score not in SCORES:
+        raise ValueError(f"unknown placement score {score!r}; choose one of {SCORES}")
+    instances: list[PlacedInstance] = []
+    next_gpu = 0
+    for m in sorted((m for m in models if m.mtype.tp > 1), key=lambda m: -m.mtype.weight_bytes):
+        tp = m.mtype.tp
+        if next_gpu + tp > num_gpus:
+            raise PlacementError(f"no {tp} free GPUs left for {m.name}")
+        instances.append(PlacedInstance(m.name, tuple(range(next_gpu, next_gpu + tp))))
+        next_gpu += tp
+    singles = [m for m in models if m.mtype.tp == 1]
+    free_gpus = list(range(next_gpu, num_gpus))
+    if singles and not free_gpus:
+        raise PlacementError("no GPU left for the TP=1 models")
+    on_gpu: dict[int, list[SimModel]] = {g: [] for g in free_gpus}
+    for m in sorted(singles, key=lambda m: -_work(m)):
+        best = _best_gpu(m, on_gpu, gpu, score, min_kv_bytes)
+        if best is None:
+            raise PlacementError(f"{m.name} fits on no GPU with {min_kv_bytes} B of KV left")
+        on_gpu[best].append(m)
+        instances.append(PlacedInstance(m.name, (best,)))
+    return Placement(tuple(instances), num_gpus, f"fixed-{score}")
+
+
+def _work(m: SimModel) -> float:
+    """Relative compute demand: rate x weight bytes (decode cost grows with weights read)."""
+    return m.rate * (m.mtype.weight_bytes / m.mtype.tp + 1e9)
+
+
+def _free_kv(ms: Sequence[SimModel], gpu: GpuSpec) -> int:
+    return gpu.usable_bytes - sum(m.mtype.weight_bytes_per_gpu for m in ms)
+
+
+def _best_gpu(
+    m: SimModel,
+    on_gpu: Mapping[int, list[SimModel]],
+    gpu: GpuSpec,
+    score: str,
+    min_kv_bytes: int,
+) -> int | None:
+    best, best_val = None, float("inf")
+    for g, ms in on_gpu.items():
+        after = [*ms, m]
+        free = _free_kv(after, gpu)
+        if free < min_kv_bytes:
+            continue
+        if score == "load":
+            val = sum(_work(x) for x in after)
+        elif score == "pressure":
+            val = sum(x.rate / (x.ttft_slo_s or 1.0) for x in after) / free
+        else:  # mme: fewest free KV tokens per unit of KV demand is worst
+            demand = sum(x.rate * x.mtype.kv.bytes_per_token for x in after)
+            val = -free / max(demand, 1e-9)
+        if val < best_val:
+            best, best_val = g, val
+    return best

@@ -1,0 +1,123 @@
+"""The serving schemes the simulator compares, and how each builds the engines of a GPU group.
+
+Each scheme is a frozen `SchemeSpec`: its KV memory scheme (`memory.registry`), local policy
+(`scheduler.local.policies`), whether each model runs in its own engine process
+(`engine_per_model`: static vLLM instances, Prism's per-model engines) or all co-located models
+share one engine (MuxServe's unit scheduler, FineServe's local scheduler), how the placement
+scores GPUs, and its memory reserves. See docs/baselines.md for the sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fineserve.costmodel.base import CostModel
+from fineserve.engine.engine import Engine
+from fineserve.memory.allocator import KVAllocator, ModelKV
+from fineserve.memory.registry import make_allocator
+from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
+from fineserve.scheduler.local.scheduler import LocalScheduler
+from fineserve.sim.catalog import SimModel
+from fineserve.sim.executor import LinearCostModel, SimExecutor
+
+
+@dataclass(frozen=True)
+class SchemeSpec:
+    """One serving scheme (see the module docstring).
+
+    `reserve`: "none"; "rate" (each model is owed a rate-proportional share of the group's KV
+    memory, MuxServe's quota; unused quota can be borrowed while nobody claims it);
+    "floor" (each model is owed `floor_tokens` of KV, FineServe's starvation guard).
+    """
+
+    name: str
+    memory: str
+    policy: str
+    engine_per_model: bool
+    placement_score: str
+    token_budget: int = 2048
+    max_running: int = 256
+    reserve: str = "none"
+    floor_tokens: int = 4096
+    map_cost_s: float = 0.0
+    summary: str = ""
+
+
+SCHEMES: Mapping[str, SchemeSpec] = {
+    "static": SchemeSpec(
+        "static", "static", "fcfs", True, "load",
+        summary="one vLLM per model, KV partition sized by expected demand, FCFS",
+    ),
+    "muxserve": SchemeSpec(
+        "muxserve", "uniform", "fcfs", False, "load", reserve="rate",
+        summary="one unit scheduler, uniform KV blocks, rate-proportional block quotas",
+    ),
+    "prism": SchemeSpec(
+        "prism", "paged_vmm", "prism", True, "pressure", map_cost_s=20e-6,
+        summary="per-model engines, 2 MiB pages mapped on demand, KV-pressure placement",
+    ),
+    "fineserve": SchemeSpec(
+        "fineserve", "slab", "saab", False, "mme",
+        summary="KV Slab, slab-aware (MME) placement, SAAB",
+    ),
+    "fineserve_plus": SchemeSpec(
+        "fineserve_plus", "slab", "slack", False, "mme", reserve="floor",
+        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors",
+    ),
+}  # fmt: skip
+
+
+def get_scheme(name: str) -> SchemeSpec:
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown scheme {name!r}; choose one of {sorted(SCHEMES)}") from None
+
+
+def served_model(m: SimModel) -> ServedModel:
+    return ServedModel(m.name, m.mtype.key, m.mtype.max_model_len, m.ttft_slo_s, m.tpot_slo_s)
+
+
+def _model_kvs(scheme: SchemeSpec, models: Sequence[SimModel], arena: int) -> list[ModelKV]:
+    """KV specs with the scheme's reserves; `demand_weight` = rate x KV bytes per token."""
+    total_rate = sum(m.rate for m in models) or 1.0
+    out = []
+    for m in models:
+        fmt = m.mtype.kv
+        reserve = 0
+        if scheme.reserve == "rate" and len(models) > 1:
+            reserve = int(arena * (m.rate / total_rate) * 0.999)
+        elif scheme.reserve == "floor" and len(models) > 1:
+            reserve = min(arena // (2 * len(models)), scheme.floor_tokens * fmt.bytes_per_token)
+        weight = max(m.rate, 1e-6) * fmt.bytes_per_token
+        out.append(ModelKV(m.name, fmt, reserve_bytes=reserve, demand_weight=weight))
+    return out
+
+
+def build_group_engines(
+    scheme: SchemeSpec,
+    models: Sequence[SimModel],
+    arena_bytes: int,
+    cost_model: CostModel,
+) -> tuple[KVAllocator, list[tuple[Engine, list[str]]]]:
+    """The shared allocator of a GPU group and its engines, each with the models it serves.
+
+    All engines of a group share one allocator (one arena): per-model engines only ever touch
+    their own model's pages. The engines' executors are never called by the simulator (it
+    costs batches itself); a `SimExecutor` is attached so each engine also works stand-alone.
+    """
+    options = {"map_cost_s": scheme.map_cost_s} if scheme.memory == "paged_vmm" else {}
+    allocator = make_allocator(
+        scheme.memory, arena_bytes, _model_kvs(scheme, models, arena_bytes), **options
+    )
+    config = SchedulerConfig(token_budget=scheme.token_budget, max_running=scheme.max_running)
+    parts = [[m] for m in models] if scheme.engine_per_model else [list(models)]
+    engines = []
+    for part in parts:
+        scheduler = LocalScheduler(
+            [served_model(m) for m in part], allocator, cost_model, scheme.policy, config
+        )
+        engine = Engine(scheduler, SimExecutor(cost_model or LinearCostModel()))
+        engines.append((engine, [m.name for m in part]))
+    return allocator, engines

@@ -1,0 +1,49 @@
+"""Turn a `StepPlan` into sampled tokens and per-batch solo work for the processor-sharing model.
+
+Same token rule as `sim.executor.SimExecutor` (`token_stream`), so the simulated engine sees
+exactly the tokens it would see under that executor. Instead of one step duration, each model
+batch becomes one activity whose `work` is the cost model's solo step time for that batch and
+whose prefill fraction is `t(prefill part) / (t(prefill part) + t(decode part))`.
+"""
+
+from __future__ import annotations
+
+from fineserve.costmodel.base import BatchShape, CostModel
+from fineserve.engine.step import StepPlan, StepResult
+from fineserve.sim.executor import token_stream
+
+
+class BatchCoster:
+    """Solo time and prefill fraction of model batches (pure function of the cost model)."""
+
+    def __init__(self, cost_model: CostModel, vocab_size: int = 32000) -> None:
+        self.cost_model = cost_model
+        self.vocab_size = vocab_size
+
+    def run(self, plan: StepPlan) -> tuple[StepResult, list[tuple[float, float]]]:
+        """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)])."""
+        tokens: dict[str, int] = {}
+        works: list[tuple[float, float]] = []
+        vocab = self.vocab_size
+        cost = self.cost_model
+        for batch in plan.batches:
+            n_pre = batch.num_prefills
+            positions, chunks = batch.positions, batch.token_ids
+            prefill = tuple((len(chunks[i]), positions[i]) for i in range(n_pre))
+            decode = tuple(positions[n_pre:])
+            shape = BatchShape(prefill=prefill, decode_context=decode)
+            work = cost.step_time(batch.key, shape)
+            if not prefill:
+                frac = 0.0
+            elif not decode:
+                frac = 1.0
+            else:
+                p = cost.step_time(batch.key, BatchShape(prefill=prefill))
+                d = cost.step_time(batch.key, BatchShape(decode_context=decode))
+                frac = p / (p + d) if p + d > 0 else 0.0
+            works.append((work, frac))
+            for i, rid in enumerate(batch.request_ids):
+                if batch.samples[i]:
+                    tokens[rid] = token_stream(rid, positions[i] + len(chunks[i]), vocab)
+        longest = max((w for w, _ in works), default=0.0)
+        return StepResult(plan.step_id, tokens, longest), works

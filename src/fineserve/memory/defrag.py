@@ -40,7 +40,7 @@ def plan_defrag(alloc: SlabAllocator, max_moves: int | None = None) -> list[Page
 
 
 def _plan_model(alloc: SlabAllocator, model: str, budget: int | None) -> list[PageMove]:
-    pool = alloc._pools[model]
+    pool = alloc.model_pool(model)
     partial = [u for u, n in pool.used.items() if n and pool.free[u]]
     partial.sort(key=lambda u: (pool.used[u], -u))
     sources: list[int] = []
@@ -64,7 +64,7 @@ def _plan_model(alloc: SlabAllocator, model: str, budget: int | None) -> list[Pa
 def apply_moves(alloc: SlabAllocator, moves: Sequence[PageMove]) -> None:
     """Record executed moves: each dst becomes owned, each src is freed. All-or-nothing."""
     for model in {m.model for m in moves}:
-        pool = alloc._pool(model)
+        pool = alloc.model_pool(model)
         mine = [m for m in moves if m.model == model]
         srcs = [m.src for m in mine]
         dsts = [m.dst for m in mine]
@@ -75,6 +75,6 @@ def apply_moves(alloc: SlabAllocator, moves: Sequence[PageMove]) -> None:
         ):
             raise ValueError(f"model {model!r}: a move's destination is not a free lent page")
     for move in moves:
-        alloc._pools[move.model].take_specific(move.dst)
+        alloc.model_pool(move.model).take_specific(move.dst)
     for model in {m.model for m in moves}:
         alloc.free(model, [m.src for m in moves if m.model == model])

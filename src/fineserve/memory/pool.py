@@ -1,11 +1,13 @@
 """Per-model page bookkeeping inside lent memory units (slabs, mapped chunks).
 
 A `ModelPool` holds the units currently lent to one model and the free pages inside them. It
-hands out pages from its fullest partly used unit first, so sparse units drain and can be
-given back. It never talks to the arena: the owning allocator lends and reclaims units.
+hands out pages from its fullest partly used unit first (fewest free pages), so sparse units
+drain and can be given back. It never talks to the arena: the owning allocator lends and
+reclaims units.
 
 Invariants: `owned` and the union of free lists are disjoint; for every unit,
-`used[u] + len(free[u]) == capacity[u]`; `owned` is exactly the pages handed out.
+`used[u] + len(free[u]) == capacity[u]`; `owned` is exactly the pages handed out; unit `u` is
+in `_by_free[len(free[u])]` and nowhere else; `empty` is the set of units with `used == 0`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ class ModelPool:
     """Pages of one model, grouped by the unit that holds them."""
 
     __slots__ = (
-        "_current",
-        "_dirty",
+        "_by_free",
         "capacity",
+        "empty",
         "free",
         "free_pages",
         "owned",
@@ -52,9 +54,9 @@ class ModelPool:
         self.capacity: dict[int, int] = {}
         self.owned: set[int] = set()
         self.page_unit: dict[int, int] = {}
+        self.empty: set[int] = set()
         self.free_pages = 0
-        self._current: int | None = None
-        self._dirty = False
+        self._by_free: list[set[int]] = [set()]
 
     # -- units -----------------------------------------------------------------------------
     def add_unit(self, unit: int, pages: range) -> None:
@@ -63,24 +65,24 @@ class ModelPool:
         self.used[unit] = 0
         self.capacity[unit] = len(pages)
         self.free_pages += len(pages)
+        self.empty.add(unit)
+        self._bucket(len(pages)).add(unit)
         for page in pages:
             self.page_unit[page] = unit
-        self._dirty = True
 
     def remove_unit(self, unit: int) -> None:
         """Give back an empty unit."""
         free = self.free.pop(unit)
+        self._by_free[len(free)].discard(unit)
         self.free_pages -= len(free)
+        self.empty.discard(unit)
         for page in free:
             del self.page_unit[page]
         del self.used[unit]
         del self.capacity[unit]
-        if self._current == unit:
-            self._current = None
-        self._dirty = True
 
     def empty_units(self) -> list[int]:
-        return [u for u, n in self.used.items() if n == 0]
+        return sorted(self.empty)
 
     def stranded_pages(self) -> int:
         """Free pages inside units that also hold live pages."""
@@ -91,17 +93,19 @@ class ModelPool:
         """Pop n free pages, fullest partly used unit first. Caller checked `free_pages >= n`."""
         out: list[int] = []
         while len(out) < n:
-            unit = self._pick_unit()
+            unit = self._fullest_unit()
             free = self.free[unit]
             k = min(n - len(out), len(free))
+            self._by_free[len(free)].discard(unit)
             got = free[len(free) - k :]
             del free[len(free) - k :]
+            self._by_free[len(free)].add(unit)
             got.reverse()
+            if self.used[unit] == 0:
+                self.empty.discard(unit)
             self.used[unit] += k
             out.extend(got)
-            self.free_pages -= k
-            if not free:
-                self._current = None
+        self.free_pages -= n
         self.owned.update(out)
         return out
 
@@ -109,19 +113,19 @@ class ModelPool:
         """Return owned pages to their units; returns the units that became empty."""
         emptied: list[int] = []
         count = 0
-        current = self._current
+        by_free = self._by_free
         for page in pages:
             count += 1
             self.owned.remove(page)
             unit = self.page_unit[page]
             free = self.free[unit]
+            by_free[len(free)].discard(unit)
             free.append(page)
-            if unit == current or len(free) == 1:
-                # the fullest partly used unit may have changed
-                self._dirty = True
+            self._bucket(len(free)).add(unit)
             left = self.used[unit] - 1
             self.used[unit] = left
             if left == 0:
+                self.empty.add(unit)
                 emptied.append(unit)
         self.free_pages += count
         return emptied
@@ -129,22 +133,25 @@ class ModelPool:
     def take_specific(self, page: int) -> None:
         """Mark one given free page as owned (used by defragmentation moves)."""
         unit = self.page_unit[page]
-        self.free[unit].remove(page)
+        free = self.free[unit]
+        self._by_free[len(free)].discard(unit)
+        free.remove(page)
+        self._by_free[len(free)].add(unit)
+        self.empty.discard(unit)
         self.used[unit] += 1
         self.free_pages -= 1
         self.owned.add(page)
-        self._dirty = True
 
-    def _pick_unit(self) -> int:
-        if self._dirty or self._current is None:
-            best, best_free = -1, -1
-            for unit, free in self.free.items():
-                n = len(free)
-                if n and (best_free < 0 or n < best_free or (n == best_free and unit < best)):
-                    best, best_free = unit, n
-            self._current = best
-            self._dirty = False
-        return self._current
+    def _bucket(self, free_count: int) -> set[int]:
+        while len(self._by_free) <= free_count:
+            self._by_free.append(set())
+        return self._by_free[free_count]
+
+    def _fullest_unit(self) -> int:
+        for bucket in self._by_free[1:]:
+            if bucket:
+                return min(bucket) if len(bucket) < 8 else next(iter(bucket))
+        raise AssertionError("no unit has a free page")
 
     def check(self) -> None:
         """Assert the pool invariants (see the module docstring)."""
@@ -152,7 +159,10 @@ class ModelPool:
         for unit, free in self.free.items():
             assert self.used[unit] + len(free) == self.capacity[unit], f"unit {unit} count"
             assert not seen_free.intersection(free), f"page free twice in unit {unit}"
+            assert unit in self._by_free[len(free)], f"unit {unit} in the wrong bucket"
+            assert (self.used[unit] == 0) == (unit in self.empty), f"unit {unit} emptiness"
             seen_free.update(free)
+        assert sum(len(b) for b in self._by_free) == len(self.free), "stale bucket entries"
         assert not seen_free & self.owned, "a page is both free and owned"
         assert sum(self.used.values()) == len(self.owned), "used counts != owned pages"
         assert self.free_pages == len(seen_free), "free page counter drifted"

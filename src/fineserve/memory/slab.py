@@ -109,7 +109,7 @@ class SlabAllocator(KVAllocator):
         """Empty slabs `model` keeps that others may reclaim without taking its reserve."""
         pool = self._pools[model]
         above_reserve = len(pool.used) - self._reserve_slabs[model]
-        return max(0, min(len(pool.empty_units()), above_reserve))
+        return max(0, min(len(pool.empty), above_reserve))
 
     def _borrow(self, model: str) -> int | None:
         if self._borrowable_slabs(model) < 1:
@@ -141,7 +141,7 @@ class SlabAllocator(KVAllocator):
                 return
 
     def _maybe_return(self, model: str, slab: int) -> None:
-        if len(self._pools[model].empty_units()) > self.keep_empty:
+        if len(self._pools[model].empty) > self.keep_empty:
             self._return(model, slab)
 
     def _return(self, model: str, slab: int) -> None:
@@ -195,7 +195,11 @@ class SlabAllocator(KVAllocator):
         for name, pool in self._pools.items():
             pool.check()
             assert all(self._owner[s] == name for s in pool.used), "slab owner mismatch"
-            assert len(pool.empty_units()) <= self.keep_empty, "too many empty slabs kept"
+            assert len(pool.empty) <= self.keep_empty, "too many empty slabs kept"
+
+    def model_pool(self, model: str) -> ModelPool:
+        """The page bookkeeping of `model` (read by the defragmentation planner)."""
+        return self._pool(model)
 
     def _pool(self, model: str) -> ModelPool:
         self.spec(model)

@@ -69,9 +69,7 @@ class PagedVMMAllocator(KVAllocator):
     def available_pages(self, model: str) -> int:
         chunks, blocks = self._geometry[self.spec(model).name]
         spare = sum(
-            len(p.empty_units()) * self._geometry[n][0]
-            for n, p in self._pools.items()
-            if n != model
+            len(p.empty) * self._geometry[n][0] for n, p in self._pools.items() if n != model
         )
         return self._pools[model].free_pages + (self.free_chunks + spare) // chunks * blocks
 
@@ -92,7 +90,7 @@ class PagedVMMAllocator(KVAllocator):
     def free(self, model: str, pages: Iterable[int]) -> None:
         pool = self._pool(model)
         for granule in pool.give_back(check_free_request(model, pages, pool.owned)):
-            if len(pool.empty_units()) > self.keep_empty:
+            if len(pool.empty) > self.keep_empty:
                 self._unmap(model, granule)
 
     def _map(self, model: str) -> int | None:
@@ -141,7 +139,7 @@ class PagedVMMAllocator(KVAllocator):
             chunks, blocks = self._geometry[name]
             held = len(pool.used) * chunks * self.chunk_bytes
             edge += held - len(pool.used) * blocks * fmt.page_bytes
-            free += len(pool.empty_units()) * blocks * fmt.page_bytes
+            free += len(pool.empty) * blocks * fmt.page_bytes
             models[name] = ModelUsage(
                 used_pages=len(pool.owned),
                 page_bytes=fmt.page_bytes,

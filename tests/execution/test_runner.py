@@ -19,8 +19,12 @@ GREEDY = SamplingParams(temperature=0)
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
-    folder: Path = make_tiny("llama", tmp_path_factory.mktemp("r") / "m")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny("llama", tmp_path_factory.mktemp("r") / "m")
+
+
+@pytest.fixture(scope="module")
+def runner(folder: Path) -> ModelRunner:
     return make_runner(load(folder), num_pages=16)
 
 
@@ -63,3 +67,16 @@ def test_backend_registry() -> None:
     with pytest.raises(ValueError, match="already registered"):
         registry.register("torch", registry.create)  # type: ignore[arg-type]
     assert BackendRegistry().names() == []
+
+
+@pytest.mark.parametrize("kind", ["fp16", "int8"])
+def test_garbage_bytes_in_unused_slots_never_leak(folder: Path, kind: str) -> None:
+    """Pages past a context hold other models' bytes (here 0xFF: NaN as fp16/scales)."""
+    from fineserve.execution.testing import run_greedy
+
+    loaded = load(folder, "fp16")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8]]
+    clean = run_greedy(make_runner(loaded, kind, num_pages=64), prompts, 5)
+    size = make_runner(loaded, kind, num_pages=64).kv.fmt.page_bytes * 64
+    dirty = make_runner(loaded, kind, arena=torch.full((size,), 255, dtype=torch.uint8))
+    assert run_greedy(dirty, prompts, 5) == clean

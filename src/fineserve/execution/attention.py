@@ -2,7 +2,8 @@
 
 A backend computes, for the flattened queries q [N, Hq, D] of one step, attention over each
 sequence's K/V pages (already holding this step's new tokens) and returns [N, Hq, D].
-Semantics: causal by absolute position, GQA (query head h reads KV head h // (Hq / Hkv)),
+Semantics: causal by absolute position (key slots past a sequence's context are never read
+into the result, whatever bytes they hold), GQA (query head h reads KV head h // (Hq / Hkv)),
 optional sliding window (key j visible to query at position i iff i - window < j <= i).
 
 `TorchReferenceBackend` is the oracle every fast backend is tested against. Backends are looked
@@ -52,7 +53,7 @@ class TorchReferenceBackend(AttentionBackend):
         out = torch.empty_like(q)
         dec = meta.decode
         if dec is not None:
-            k, v = kv.gather(dec.page_table, q.dtype)  # [Bd, L, Hkv, D]
+            k, v = _clean(*kv.gather(dec.page_table, q.dtype), meta.decode_invalid())
             rows = dec.rows
             qd = q if rows is None else q[rows]
             bd, hq, d = qd.shape
@@ -65,11 +66,20 @@ class TorchReferenceBackend(AttentionBackend):
             else:
                 out[rows] = o
         for i, seq in enumerate(meta.prefills):
-            k, v = kv.gather(seq.page_table, q.dtype)
+            k, v = _clean(*kv.gather(seq.page_table, q.dtype), meta.prefill_invalid(i))
             qs = q[seq.start : seq.end].transpose(0, 1)[None]  # [1, Hq, q, D]
             o = _sdpa(qs, k, v, meta.prefill_mask(i, window), scale)
             out[seq.start : seq.end] = o[0].transpose(0, 1)
         return out
+
+
+def _clean(
+    k: torch.Tensor, v: torch.Tensor, invalid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero key/value slots past the context: they hold whatever bytes the arena has there
+    (another model's pages, as this dtype possibly NaN/inf), and 0 * NaN would leak through
+    the softmax even though those keys are masked."""
+    return k.masked_fill(invalid, 0), v.masked_fill(invalid, 0)
 
 
 def _sdpa(

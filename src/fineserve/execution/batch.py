@@ -86,6 +86,25 @@ class AttentionMetadata:
             self._masks[key] = mask[:, None, None, :]
         return self._masks[key]
 
+    def decode_invalid(self) -> torch.Tensor:
+        """Bool [Bd, L, 1, 1]: gathered key slots past each context (bytes of anything)."""
+        key = (-2, None)
+        if key not in self._masks:
+            assert self.decode is not None
+            length = self.decode.page_table.shape[1] * self.tokens_per_page
+            kpos = torch.arange(length)[None, :]
+            self._masks[key] = (kpos >= self.decode.context_lens[:, None])[:, :, None, None]
+        return self._masks[key]
+
+    def prefill_invalid(self, index: int) -> torch.Tensor:
+        """Bool [1, L, 1, 1]: gathered key slots past prefill sequence `index`'s context."""
+        key = (-3 - index, None)
+        if key not in self._masks:
+            seq = self.prefills[index]
+            kpos = torch.arange(seq.page_table.shape[1] * self.tokens_per_page)
+            self._masks[key] = (kpos >= seq.context_len)[None, :, None, None]
+        return self._masks[key]
+
     def prefill_mask(self, index: int, window: int | None) -> torch.Tensor:
         """Bool [1, 1, q, L]: causal (and windowed) visibility for prefill sequence `index`."""
         key = (index, window)

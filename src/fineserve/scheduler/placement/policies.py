@@ -27,16 +27,24 @@ def fineserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
     fits; the cheapest feasible option (GPU equivalents) is tried first. Models go largest
     memory footprint first; each replica goes to the fitting group whose leftover memory holds
     the most average-size KV pages of its precision mix (MME best fit). If no group fits, the
-    next option (another TP degree or more replicas) is tried.
+    next option (another TP degree or more replicas) is tried. A group is taken only if the
+    predicted attainment of every replica on its GPUs stays at the target (checked by the
+    predictor on that group alone); if no option passes, the best MME fit that merely fits
+    memory and busy share is used.
     """
     per_model = {m.name: sizer.options(m) for m in problem.models}
     order = sorted(problem.models, key=lambda m: (-_footprint(per_model[m.name]), m.name))
     state = ClusterState(problem, sizer)
     for m in order:
-        for opt in fallback_options(sizer, per_model[m.name]):
-            if state.place_replicas(opt, state.mme_pages):
-                break
+        opts = fallback_options(sizer, per_model[m.name])
+        if any(state.place_replicas(o, state.mme_pages, accept=_ok) for o in opts):
+            continue
+        any(state.place_replicas(o, state.mme_pages) for o in opts)  # best effort
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
+
+
+def _ok(state: ClusterState, group: Group) -> bool:
+    return state.local_attainment_ok(group)
 
 
 def prism_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:

@@ -160,10 +160,17 @@ def predict(
     *,
     kv_scheme: str = "slab",
     sizer: Sizer | None = None,
+    keep_rates: bool = False,
 ) -> tuple[Prediction, dict[str, GpuUsage]]:
-    """Predicted attainment of ``instances`` (see the module docstring) and per-GPU usage."""
+    """Predicted attainment of ``instances`` (see the module docstring) and per-GPU usage.
+
+    Replica rates are the model's rate split evenly over its replicas, unless ``keep_rates``
+    (then each instance's own ``rate`` is used and a model's attainment is over the given
+    replicas only: for scoring part of a placement).
+    """
     sizer = sizer or Sizer(problem)
-    instances = with_rates(problem, instances)
+    if not keep_rates:
+        instances = with_rates(problem, instances)
     loads = [_Load(i, sizer.prefill(sizer.model(i.model), i.tp), 0.0) for i in instances]
     for ld in loads:
         ld.u0 = ld.inst.rate * sizer.work(sizer.model(ld.inst.model), ld.inst.tp)
@@ -191,7 +198,8 @@ def predict(
             served = sum(
                 ld.inst.rate * ld.factor * min(mem[g] for g in ld.inst.gpus) for ld in mine
             )
-            per_model[m.name] = min(1.0, served / sum(ld.inst.rate for ld in mine))
+            offered = sum(ld.inst.rate for ld in mine)
+            per_model[m.name] = min(1.0, served / offered) if offered > 0 else 1.0
     total = sum(m.rate for m in problem.models)
     goodput = sum(m.rate * per_model[m.name] for m in problem.models)
     overall = goodput / total if total > 0 else 1.0

@@ -80,6 +80,15 @@ class ClusterState:
             score = min(score, (self.free_bytes(g) - opt.mem_per_gpu) / avg_page)
         return score
 
+    def _snapshot(self) -> tuple[object, ...]:
+        return (
+            dict(self.weights), dict(self.kv), dict(self.util), dict(self.pressure),
+            {g: list(v) for g, v in self.mix.items()}, list(self.instances),
+        )  # fmt: skip
+
+    def _restore(self, snap: tuple[object, ...]) -> None:
+        (self.weights, self.kv, self.util, self.pressure, self.mix, self.instances) = snap  # type: ignore[assignment]
+
     def place_replicas(
         self,
         opt: Option,
@@ -87,26 +96,50 @@ class ClusterState:
         *,
         check_util: bool = True,
         only_empty: bool = False,
+        accept: Callable[[ClusterState, Group], bool] | None = None,
     ) -> bool:
-        """Put all replicas of ``opt`` on distinct groups, each on the best-scoring one that fits.
+        """Put all replicas of ``opt`` on distinct groups, each on the best-scoring one that fits
+        (and, if given, that ``accept`` approves once the replica is added).
 
-        All or nothing: on failure nothing is added and False is returned.
+        All or nothing: on failure the state is as before and False is returned.
         """
-        chosen: list[Group] = []
-        for _ in range(opt.replicas):
-            candidates = [
-                grp
-                for grp in self.problem.cluster.groups(opt.tp)
-                if grp not in chosen
-                and self.fits(opt, grp, check_util=check_util)
-                and (not only_empty or self.empty(grp))
-            ]
-            if not candidates:
+        snap = self._snapshot()
+        used: list[Group] = []
+        for replica in range(opt.replicas):
+            candidates = sorted(
+                (
+                    grp
+                    for grp in self.problem.cluster.groups(opt.tp)
+                    if grp not in used
+                    and self.fits(opt, grp, check_util=check_util)
+                    and (not only_empty or self.empty(grp))
+                ),
+                key=lambda grp: -score(opt, grp),
+            )
+            for grp in candidates:
+                inner = self._snapshot()
+                self.add(opt, grp, replica)
+                if accept is None or accept(self, grp):
+                    used.append(grp)
+                    break
+                self._restore(inner)
+            else:
+                self._restore(snap)
                 return False
-            chosen.append(max(candidates, key=lambda grp: score(opt, grp)))
-        for replica, grp in enumerate(chosen):
-            self.add(opt, grp, replica)
         return True
+
+    def local_attainment_ok(self, group: Group) -> bool:
+        """Whether every replica on ``group``'s GPUs keeps the target predicted attainment.
+
+        Predicts only the instances sharing a GPU with ``group`` (their rates as placed).
+        """
+        from fineserve.scheduler.placement.predict import predict
+
+        gpus = set(group)
+        near = [i for i in self.instances if gpus & set(i.gpus)]
+        pred, _ = predict(self.problem, near, sizer=self.sizer, keep_rates=True)
+        target = self.problem.options.target_attainment
+        return all(pred.per_model[i.model] >= target for i in near)
 
 
 def fallback_options(sizer: Sizer, opts: Iterable[Option], extra: int = 2) -> list[Option]:

@@ -64,3 +64,16 @@ def test_unknown_scheme_and_empty_model_list_are_clear_errors() -> None:
 def test_duplicate_model_names_are_rejected() -> None:
     with pytest.raises(InvalidFormatError, match="unique"):
         make_allocator("slab", 64 * MIB, [ModelKV("m", FP16), ModelKV("m", INT4)])
+
+
+def test_static_partition_keeps_room_for_the_longest_request() -> None:
+    models = [
+        ModelKV("busy", FP16, reserve_bytes=8 * MIB, demand_weight=9.0),
+        ModelKV("idle", FP16, reserve_bytes=8 * MIB, demand_weight=1.0),
+    ]
+    alloc = make_allocator("static", 36 * MIB, models)
+    # 16 MiB of floors, the other 20 MiB split 9:1
+    assert alloc.available_pages("busy") == (8 + 18) // 2
+    assert alloc.available_pages("idle") == (8 + 2) // 2
+    with pytest.raises(InvalidFormatError, match="reserved bytes"):
+        make_allocator("static", 12 * MIB, models)

@@ -58,8 +58,14 @@ def replay(
     names = [m.name for m in scenario.models]
     rates = ranked_rates(scale * scenario.base_rate_rps, ranking)
     kv_steps = source.mean_kv_token_steps()
+    longest = max(p + o for p, o in source.lengths) if scheme == "static" else 0
     models = [
-        ModelKV(m.name, m.fmt, demand_weight=max(r, 1e-9) * kv_steps * m.fmt.bytes_per_token)
+        ModelKV(
+            m.name,
+            m.fmt,
+            reserve_bytes=longest * m.fmt.bytes_per_token,
+            demand_weight=max(r, 1e-9) * kv_steps * m.fmt.bytes_per_token,
+        )
         for m, r in zip(scenario.models, rates, strict=True)
     ]
     alloc = make_allocator(scheme, scenario.arena_bytes, models)

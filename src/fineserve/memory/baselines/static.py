@@ -1,8 +1,10 @@
 """Static partitioning: one fixed region per model (a vLLM instance per model).
 
-Each model's region is sized in proportion to its `demand_weight` (the benchmark passes its
-mean KV demand: rate x mean tokens x bytes per token), i.e. static partitioning with perfect
-knowledge of the averages. A model can never use another's idle region.
+Each model's region is its `reserve_bytes` (the benchmark passes what one request of the
+longest length needs, as vLLM insists on room for `max_model_len`) plus a share of the rest in
+proportion to its `demand_weight` (the benchmark passes its mean KV demand: rate x mean
+token-steps x bytes per token), i.e. static partitioning with perfect knowledge of the
+averages. A model can never use another's idle region.
 """
 
 from __future__ import annotations
@@ -10,8 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
-from fineserve.memory.errors import OutOfPagesError
+from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
 from fineserve.memory.pool import ModelPool, check_free_request
+
+
+def _floor_upto(models: Sequence[ModelKV], last: ModelKV) -> int:
+    """Sum of reserves of the models up to and including `last`."""
+    total = 0
+    for m in models:
+        total += m.reserve_bytes
+        if m is last:
+            return total
+    raise AssertionError("model not in list")
 
 
 class StaticAllocator(KVAllocator):
@@ -20,18 +32,24 @@ class StaticAllocator(KVAllocator):
     def __init__(self, arena_bytes: int, models: Sequence[ModelKV]) -> None:
         super().__init__(arena_bytes, models)
         total = sum(m.demand_weight for m in models)
+        floors = sum(m.reserve_bytes for m in models)
+        if floors > arena_bytes:
+            raise InvalidFormatError(
+                f"static partitions need {floors} reserved bytes, the arena has {arena_bytes}"
+            )
+        shared = arena_bytes - floors
         self._pools: dict[str, ModelPool] = {}
         self._region: dict[str, tuple[int, int]] = {}
-        cumulative = 0.0
+        cumulative, start = 0.0, 0
         for m in models:
-            start = round(cumulative / total * arena_bytes)
             cumulative += m.demand_weight
-            end = round(cumulative / total * arena_bytes)
+            end = min(arena_bytes, round(cumulative / total * shared) + _floor_upto(models, m))
             page = m.fmt.page_bytes
             pool = ModelPool()
             pool.add_unit(0, range(-(-start // page), end // page))
             self._pools[m.name] = pool
             self._region[m.name] = (start, end)
+            start = end
 
     def allocate(self, model: str, n: int) -> list[int]:
         pool = self._pool(model)

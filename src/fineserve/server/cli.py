@@ -22,8 +22,13 @@ BACKENDS: dict[str, str] = {"inprocess": "torch executor in this process", "sim"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="deploy YAML file")
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH[:opts]",
-                        help="model to serve; opts: slo_ttft,slo_tpot,kv_dtype,dtype,max_queue")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:opts]",
+        help="model to serve; opts: slo_ttft,slo_tpot,kv_dtype,dtype,max_queue",
+    )
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8000)")
     parser.add_argument("--api-key", default=None, help=f"require this key (or ${API_KEY_ENV})")
@@ -75,11 +80,9 @@ def make_backend(config: Any, kind: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fineserve.cli import CliError
     from fineserve.server.app import AppConfig, create_app
-    from fineserve.server.launch import uvicorn_config
+    from fineserve.server.launch import foreground_server, uvicorn_config
 
     if args.backend == "sim" and not args.model and not args.config:
         args.model = ["sim=."]
@@ -94,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
     )
     names = ", ".join(m.name for m in config.models)
     print(f"fineserve serve: {names} on http://{config.host}:{config.port}/v1", flush=True)
-    server = uvicorn.Server(
+    server = foreground_server(
         uvicorn_config(
             app, config.host, config.port, config.drain_timeout_s, log_level=args.log_level
-        )  # fmt: skip
+        )
     )
     server.run()
     return 0

@@ -8,9 +8,12 @@ uvicorn to exit, which stops accepting connections, lets in-flight responses fin
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -36,6 +39,29 @@ def uvicorn_config(app: Any, host: str, port: int, graceful_s: float, **kw: Any)
         access_log=kw.pop("access_log", False),
         **kw,
     )
+
+
+def foreground_server(config: Any) -> Any:
+    """A uvicorn server whose SIGINT/SIGTERM start a graceful shutdown (a second one forces
+    it) and that returns normally afterwards instead of re-raising the signal."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    return _Server(config)
 
 
 class LiveServer:

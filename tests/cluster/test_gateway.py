@@ -1,0 +1,97 @@
+"""In-process cluster: routing by model, least outstanding work, failure -> 503, replacement."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fineserve.cluster import Gateway, LocalWorker
+from fineserve.cluster.ray_backend import build_backend
+from fineserve.server.backend import BackendError, GenerateRequest, SamplingOptions
+from fineserve.server.errors import APIError
+
+
+def worker(name: str, models: tuple[str, ...]) -> LocalWorker:
+    return LocalWorker(name, lambda: build_backend(("sim", models)))
+
+
+def req(rid: str, model: str, n: int = 8) -> GenerateRequest:
+    return GenerateRequest(rid, model, (1, 2, 3), SamplingOptions(max_tokens=n, temperature=0))
+
+
+async def run(gw: Gateway, r: GenerateRequest) -> str | None:
+    deltas = [d async for d in gw.generate(r)]
+    return deltas[-1].finish_reason
+
+
+def test_routes_by_model_and_balances() -> None:
+    async def main() -> None:
+        gw = Gateway([worker("w0", ("a", "b")), worker("w1", ("c",)), worker("w2", ("a",))])
+        await gw.start()
+        assert sorted(m.name for m in gw.models()) == ["a", "b", "c"]
+        assert gw.route("c") == "w1"
+        assert sorted(gw.workers_for("a")) == ["w0", "w2"]
+        streams = [gw.generate(req(f"r{k}", "a", 64)) for k in range(4)]
+        owners = set(gw._owner.values())
+        assert owners == {"w0", "w2"}  # least outstanding work spreads them
+        for s in streams:
+            assert [d async for d in s][-1].finished
+        assert await run(gw, req("x", "b")) == "length"
+        with pytest.raises(BackendError) as exc:
+            gw.generate(req("y", "nope"))
+        assert exc.value.kind == "unknown_model"
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_dead_worker_fails_fast_and_is_routed_around() -> None:
+    async def main() -> None:
+        w0, w1 = worker("w0", ("a",)), worker("w1", ("a",))
+        gw = Gateway([w0, w1], health_interval_s=0.05)
+        await gw.start()
+        await w0.stop()  # dies
+        await gw.check_health()
+        assert gw.route("a") == "w1"
+        await w1.stop()
+        await gw.check_health()
+        with pytest.raises(BackendError) as exc:
+            gw.generate(req("z", "a"))
+        assert exc.value.kind == "unavailable"
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_lost_worker_mid_stream_is_503() -> None:
+    async def main() -> None:
+        w0 = worker("w0", ("a",))
+        gw = Gateway([w0])
+        await gw.start()
+        stream = gw.generate(req("r", "a", 10_000))
+        await anext(stream)
+        w0.alive = False
+        with pytest.raises(APIError) as exc:
+            async for _ in stream:
+                pass
+        assert exc.value.status == 503
+        assert gw.in_flight() == 0
+        await w0.backend.stop(0.1)
+
+    asyncio.run(main())
+
+
+def test_replace_worker_drops_nothing() -> None:
+    async def main() -> None:
+        gw = Gateway([worker("old", ("a",))])
+        await gw.start()
+        tasks = [asyncio.create_task(run(gw, req(f"r{k}", "a", 200))) for k in range(5)]
+        await asyncio.sleep(0)
+        await gw.replace_worker("old", worker("new", ("a",)))
+        assert await asyncio.gather(*tasks) == ["length"] * 5
+        assert gw.workers_for("a") == ["new"]
+        assert await run(gw, req("after", "a")) == "length"
+        await gw.stop()
+
+    asyncio.run(main())

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fineserve.bench.cli", "run a benchmark (memory, local, ...)"),
     "demo": ("fineserve.bench.demo", "run the embedded CPU demo"),
     "make-model": ("fineserve.execution.make_model", "write a random-weight HF model folder"),
+    "sim": ("fineserve.sim.cli", "simulate a GPU cluster: paper comparison, drift, validation"),
     "serve": ("fineserve.server.cli", "OpenAI-compatible server for several models"),
     "plan": ("fineserve.scheduler.placement.plan_cli", "place models on a cluster's GPUs"),
 }

@@ -165,5 +165,5 @@ def run_paper(
             "ref_prompt_tokens": ref,
             "cost_model": cfg.cost_model,
             "schemes": list(SCHEMES),
-        },  # fmt: skip
+        },
     }

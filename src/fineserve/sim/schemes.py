@@ -16,6 +16,7 @@ from fineserve.costmodel.base import CostModel
 from fineserve.engine.engine import Engine
 from fineserve.memory.allocator import KVAllocator, ModelKV
 from fineserve.memory.registry import make_allocator
+from fineserve.memory.slab_size import choose_slab_bytes
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.scheduler import LocalScheduler
 from fineserve.sim.catalog import SimModel
@@ -41,6 +42,7 @@ class SchemeSpec:
     reserve: str = "none"
     floor_tokens: int = 4096
     map_cost_s: float = 0.0
+    target_slabs: int = 128
     summary: str = ""
 
 
@@ -95,6 +97,15 @@ def _model_kvs(scheme: SchemeSpec, models: Sequence[SimModel], arena: int) -> li
     return out
 
 
+def slab_bytes_for(kvs: Sequence[ModelKV], arena_bytes: int, target_slabs: int) -> int:
+    """A slab that is a multiple of the co-located page sizes' common multiple (no edge loss)
+    when that is small, sized so the arena holds about `target_slabs` slabs (fewer, larger
+    slabs keep the allocator's per-slab bookkeeping cheap); else the allocator's own choice."""
+    sizes = [k.fmt.page_bytes for k in kvs]
+    base = choose_slab_bytes(sizes, arena_bytes)
+    return base * max(1, arena_bytes // (base * target_slabs))
+
+
 def build_group_engines(
     scheme: SchemeSpec,
     models: Sequence[SimModel],
@@ -107,10 +118,13 @@ def build_group_engines(
     their own model's pages. The engines' executors are never called by the simulator (it
     costs batches itself); a `SimExecutor` is attached so each engine also works stand-alone.
     """
-    options = {"map_cost_s": scheme.map_cost_s} if scheme.memory == "paged_vmm" else {}
-    allocator = make_allocator(
-        scheme.memory, arena_bytes, _model_kvs(scheme, models, arena_bytes), **options
-    )
+    kvs = _model_kvs(scheme, models, arena_bytes)
+    options: dict[str, object] = {}
+    if scheme.memory == "paged_vmm":
+        options["map_cost_s"] = scheme.map_cost_s
+    elif scheme.memory == "slab":
+        options["slab_bytes"] = slab_bytes_for(kvs, arena_bytes, scheme.target_slabs)
+    allocator = make_allocator(scheme.memory, arena_bytes, kvs, **options)
     config = SchedulerConfig(token_budget=scheme.token_budget, max_running=scheme.max_running)
     parts = [[m] for m in models] if scheme.engine_per_model else [list(models)]
     engines = []

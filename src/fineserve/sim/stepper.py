@@ -1,16 +1,17 @@
 """Turn a `StepPlan` into sampled tokens and per-batch solo work for the processor-sharing model.
 
-Same token rule as `sim.executor.SimExecutor` (`token_stream`), so the simulated engine sees
-exactly the tokens it would see under that executor. Instead of one step duration, each model
-batch becomes one activity whose `work` is the cost model's solo step time for that batch and
-whose prefill fraction is `t(prefill part) / (t(prefill part) + t(decode part))`.
+Same token rule as `sim.executor.SimExecutor` (`token_stream`, re-stated in `token`), so the
+simulated engine sees exactly the tokens it would see under that executor. Instead of one step
+duration, each model batch becomes one activity whose `work` is the cost model's solo step time
+for that batch and whose prefill fraction is `t(prefill part) / (t(prefill part) + t(decode part))`.
 """
 
 from __future__ import annotations
 
+import zlib
+
 from fineserve.costmodel.base import BatchShape, CostModel
 from fineserve.engine.step import StepPlan, StepResult
-from fineserve.sim.executor import token_stream
 
 
 class BatchCoster:
@@ -19,12 +20,20 @@ class BatchCoster:
     def __init__(self, cost_model: CostModel, vocab_size: int = 32000) -> None:
         self.cost_model = cost_model
         self.vocab_size = vocab_size
+        self._crc: dict[str, int] = {}
+
+    def token(self, request_id: str, position: int) -> int:
+        """`token_stream(request_id, position)`, with the request id's CRC cached."""
+        crc = self._crc.get(request_id)
+        if crc is None:
+            crc = self._crc[request_id] = zlib.crc32(request_id.encode())
+        return (crc + 7919 * (position + 1)) % self.vocab_size
 
     def run(self, plan: StepPlan) -> tuple[StepResult, list[tuple[float, float]]]:
         """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)])."""
         tokens: dict[str, int] = {}
         works: list[tuple[float, float]] = []
-        vocab = self.vocab_size
+        token = self.token
         cost = self.cost_model
         for batch in plan.batches:
             n_pre = batch.num_prefills
@@ -44,6 +53,6 @@ class BatchCoster:
             works.append((work, frac))
             for i, rid in enumerate(batch.request_ids):
                 if batch.samples[i]:
-                    tokens[rid] = token_stream(rid, positions[i] + len(chunks[i]), vocab)
+                    tokens[rid] = token(rid, positions[i] + len(chunks[i]))
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works

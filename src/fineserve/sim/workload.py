@@ -113,4 +113,4 @@ def _attach(
 
 
 def mean_prompt(lengths: Sequence[tuple[int, int]]) -> int:
-    return int(round(float(np.mean([p for p, _ in lengths])))) if lengths else 1
+    return round(float(np.mean([p for p, _ in lengths]))) if lengths else 1

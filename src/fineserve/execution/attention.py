@@ -78,8 +78,12 @@ def _clean(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero key/value slots past the context: they hold whatever bytes the arena has there
     (another model's pages, as this dtype possibly NaN/inf), and 0 * NaN would leak through
-    the softmax even though those keys are masked."""
-    return k.masked_fill(invalid, 0), v.masked_fill(invalid, 0)
+    the softmax even though those keys are masked. `invalid`: flat slot indices; k, v are
+    fresh contiguous gathers [B, L, H, D], zeroed in place."""
+    if invalid.numel():
+        k.reshape(-1, *k.shape[2:]).index_fill_(0, invalid, 0)
+        v.reshape(-1, *v.shape[2:]).index_fill_(0, invalid, 0)
+    return k, v
 
 
 def _sdpa(

@@ -87,22 +87,23 @@ class AttentionMetadata:
         return self._masks[key]
 
     def decode_invalid(self) -> torch.Tensor:
-        """Bool [Bd, L, 1, 1]: gathered key slots past each context (bytes of anything)."""
+        """Flat indices into gathered [Bd * L] key slots past each context (hold any bytes)."""
         key = (-2, None)
         if key not in self._masks:
             assert self.decode is not None
             length = self.decode.page_table.shape[1] * self.tokens_per_page
             kpos = torch.arange(length)[None, :]
-            self._masks[key] = (kpos >= self.decode.context_lens[:, None])[:, :, None, None]
+            invalid = kpos >= self.decode.context_lens[:, None]
+            self._masks[key] = invalid.reshape(-1).nonzero().reshape(-1)
         return self._masks[key]
 
     def prefill_invalid(self, index: int) -> torch.Tensor:
-        """Bool [1, L, 1, 1]: gathered key slots past prefill sequence `index`'s context."""
+        """Flat indices of gathered key slots past prefill sequence `index`'s context."""
         key = (-3 - index, None)
         if key not in self._masks:
             seq = self.prefills[index]
             kpos = torch.arange(seq.page_table.shape[1] * self.tokens_per_page)
-            self._masks[key] = (kpos >= seq.context_len)[None, :, None, None]
+            self._masks[key] = (kpos >= seq.context_len).nonzero().reshape(-1)
         return self._masks[key]
 
     def prefill_mask(self, index: int, window: int | None) -> torch.Tensor:

@@ -83,14 +83,24 @@ def _body(req: PlannedRequest, cfg: ClientConfig, index: int) -> dict[str, Any]:
     return body
 
 
-def _chunk_text(obj: dict[str, Any]) -> str:
+def is_token_chunk(obj: dict[str, Any]) -> bool:
+    """Whether a stream chunk carries output: visible text, or an empty text for a token whose
+    text is not visible yet. Usage-only chunks, the chat chunk that only announces the role,
+    and an empty closing chunk (finish_reason set) carry none."""
     choices = obj.get("choices") or []
     if not choices:
-        return ""
+        return False
     c = choices[0]
     if "delta" in c:
-        return str((c.get("delta") or {}).get("content") or "")
-    return str(c.get("text") or "")
+        delta = c.get("delta") or {}
+        text = delta.get("content")
+        if text is None or (text == "" and "role" in delta):
+            return False
+    else:
+        text = c.get("text")
+        if text is None:
+            return False
+    return text != "" or c.get("finish_reason") is None
 
 
 async def _read_stream(resp: Any, rec: RequestRecord, t0: float) -> None:
@@ -105,7 +115,7 @@ async def _read_stream(resp: Any, rec: RequestRecord, t0: float) -> None:
         if "error" in obj:
             rec.error = str(obj["error"].get("message", obj["error"]))
             return
-        if _chunk_text(obj):
+        if is_token_chunk(obj):
             now = time.monotonic() - t0
             if rec.first_token_s is None:
                 rec.first_token_s = now

@@ -100,13 +100,12 @@ class RayWorker:
         self.actor = actor_cls.options(
             name=None, num_cpus=num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=64
         ).remote(spec)
-        self._models: list[ModelInfo] = []
+        self._models: list[ModelInfo] = ray.get(self.actor.models.remote())  # served names now
 
     def models(self) -> Sequence[ModelInfo]:
         return self._models
 
     async def start(self) -> None:
-        self._models = await self.actor.models.remote()
         await self.actor.ping.remote()
 
     async def stop(self) -> None:

@@ -76,6 +76,7 @@ class LocalScheduler:
         self.stats = SchedulerStats()
         self._step_id = 0
         self._in_flight: set[str] = set()
+        self._decode_seqs: dict[str, list[Sequence]] = {}  # decodes of the plan in flight
         self._released: list[str] = []
         self._outputs: list[RequestOutput] = []
 
@@ -140,6 +141,7 @@ class LocalScheduler:
         self.stats.steps += 1
         plan = StepPlan(step_id=self._step_id, now=now, released=self._released)
         self._released = []
+        self._decode_seqs = {}
         builds = {
             m: _Build(ModelBatch(m, s.key), ModelBatch(m, s.key)) for m, s in self.models.items()
         }
@@ -181,23 +183,46 @@ class LocalScheduler:
             running = list(self.decoding[name].values())
             if not running:
                 continue
-            limit = self.policy.decode_limit(
-                self.models[name], [s.num_computed for s in running], ctx
-            )
+            limit = self.policy.decode_limit(self.models[name], running, ctx)
             if limit < len(running):  # longest-waiting first, so no decode starves
                 running = sorted(running, key=lambda s: s.last_token_s or 0.0)[:limit]
             batch = builds[name].decode
-            for seq in running:
-                if seq.status is not Status.RUNNING:
-                    continue  # preempted earlier in this loop
-                need = self.pages.pages_needed(seq, seq.num_computed + 1)
-                if need and not self._grant(seq, need, plan, scheduled, ctx.now):
-                    continue
-                _add(batch, seq, seq.tokens[-1:], True)
-                scheduled.add(seq.request_id)
-                budget -= 1
+            budget -= self._add_decodes(batch, running, plan, scheduled, ctx.now)
             ctx.decodes[name] = batch.positions
         return max(budget, 0)
+
+    def _add_decodes(
+        self,
+        batch: ModelBatch,
+        running: list[Sequence],
+        plan: StepPlan,
+        scheduled: set[str],
+        now: float,
+    ) -> int:
+        """Fill the (empty) decode `batch` with `running`, first growing the page tables of
+        those whose KV fills its last page; returns how many run. Hot path: column-wise."""
+        t = self.pages.tokens_per_page[batch.model]
+        full = [s for s in running if s.num_computed >= len(s.pages) * t]
+        if full:
+            for seq in full:
+                if seq.status is Status.RUNNING:
+                    self._grant(seq, 1, plan, scheduled, now)
+            running = [
+                s
+                for s in running
+                if s.status is Status.RUNNING and s.num_computed < len(s.pages) * t
+            ]
+        self._decode_seqs[batch.model] = running
+        ids = [s.request_id for s in running]
+        batch.request_ids = ids
+        batch.token_ids = [s.tokens[-1:] for s in running]
+        batch.positions = [s.num_computed for s in running]
+        batch.page_tables = [s.pages for s in running]
+        batch.samples = [True] * len(ids)
+        batch.sampling = [s.sampling for s in running]
+        batch.output_index = [len(s.tokens) - 1 - s.num_prompt for s in running]
+        scheduled.update(ids)
+        return len(ids)
 
     def _schedule_prefills(
         self,
@@ -321,9 +346,31 @@ class LocalScheduler:
         """Apply a step's result at time `now`; returns every output since the last update."""
         if result.step_id != plan.step_id:
             raise ValueError(f"result of step {result.step_id} given for step {plan.step_id}")
+        tokens, stopped, out = result.tokens, result.stopped, self._outputs
         for batch in plan.batches:
-            for i, rid in enumerate(batch.request_ids):
-                self._apply(batch, i, rid, result, now)
+            n, model = batch.num_prefills, batch.model
+            for i in range(n):
+                self._apply(batch, i, batch.request_ids[i], result, now)
+            max_len = self.models[model].max_model_len
+            for seq in self._decode_seqs.get(model, ()):  # hot path: one token fed, one sampled
+                rid = seq.request_id
+                if seq.finish_reason is not None or rid in stopped:
+                    self._apply(batch, batch.request_ids.index(rid), rid, result, now)
+                    continue
+                token = tokens[rid]
+                seq.num_computed += 1
+                seq_tokens = seq.tokens
+                seq_tokens.append(token)
+                seq.last_token_s = now
+                n_out = len(seq_tokens) - seq.num_prompt
+                if (
+                    n_out >= seq.max_tokens
+                    or token in seq.stop_token_ids
+                    or len(seq_tokens) >= max_len
+                ):
+                    self._apply_end(seq, token)
+                else:
+                    out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
         self._in_flight = set()
         outputs, self._outputs = self._outputs, []
         return outputs
@@ -343,19 +390,23 @@ class LocalScheduler:
         seq.last_token_s = now
         if self.prefilling.pop(rid, None) is not None:
             self.decoding[seq.model][rid] = seq
-        reason = None
-        if rid in result.stopped or token in seq.stop_token_ids:
-            reason = "stop"
+        if rid in result.stopped:
+            self._finish(seq, "stop", token=token)
+        else:
+            self._apply_end(seq, token)
+
+    def _apply_end(self, seq: Sequence, token: int) -> None:
+        """Emit `token` for `seq`, ending it on a stop token, max_tokens or the context limit."""
+        if token in seq.stop_token_ids:
+            self._finish(seq, "stop", token=token)
         elif seq.num_output >= seq.max_tokens or len(seq.tokens) >= (
             self.models[seq.model].max_model_len
         ):
-            reason = "length"
-        if reason is None:
-            self._outputs.append(
-                RequestOutput(rid, seq.model, [token], num_output_tokens=seq.num_output)
-            )
+            self._finish(seq, "length", token=token)
         else:
-            self._finish(seq, reason, token=token)
+            self._outputs.append(
+                RequestOutput(seq.request_id, seq.model, [token], num_output_tokens=seq.num_output)
+            )
 
     def _finish(
         self, seq: Sequence, reason: str, error: str | None = None, token: int | None = None

@@ -55,9 +55,9 @@ class Policy(ABC):
     @abstractmethod
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission: ...
 
-    def decode_limit(self, model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
+    def decode_limit(self, model: ServedModel, running: Seqs[Sequence], ctx: PolicyContext) -> int:
         """Default: every running decode runs."""
-        return len(contexts)
+        return len(running)
 
 
 def split_unmeetable(
@@ -84,8 +84,9 @@ def split_unmeetable(
     return kept, rejected
 
 
-def tpot_decode_limit(model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
+def tpot_decode_limit(model: ServedModel, running: Seqs[Sequence], ctx: PolicyContext) -> int:
     """Decodes of `model` such that its predicted decode step stays within its TPOT SLO."""
     if model.tpot_slo_s is None:
-        return len(contexts)
+        return len(running)
+    contexts = [s.num_computed for s in running]
     return ctx.predictor.max_decodes_within(model.name, contexts, model.tpot_slo_s)

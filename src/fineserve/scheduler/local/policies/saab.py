@@ -64,5 +64,5 @@ class SAABPolicy(Policy):
         hold_back_longest(batch, ctx)
         return Admission(order=batch, rejected=rejected)
 
-    def decode_limit(self, model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
-        return tpot_decode_limit(model, contexts, ctx)
+    def decode_limit(self, model: ServedModel, running: Seqs[Sequence], ctx: PolicyContext) -> int:
+        return tpot_decode_limit(model, running, ctx)

@@ -68,5 +68,5 @@ class SlackPolicy(Policy):
         budget = tpot_token_budget(order[0], ctx) if order else ctx.token_budget
         return Admission(order=order, rejected=rejected, token_budget=budget)
 
-    def decode_limit(self, model: ServedModel, contexts: Seqs[int], ctx: PolicyContext) -> int:
-        return tpot_decode_limit(model, contexts, ctx)
+    def decode_limit(self, model: ServedModel, running: Seqs[Sequence], ctx: PolicyContext) -> int:
+        return tpot_decode_limit(model, running, ctx)

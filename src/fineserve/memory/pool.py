@@ -148,6 +148,8 @@ class ModelPool:
         return self._by_free[free_count]
 
     def _fullest_unit(self) -> int:
+        if len(self.free) <= 8:  # few, large units (static partitions): scanning them is cheaper
+            return min((len(f), u) for u, f in self.free.items() if f)[1]
         for bucket in self._by_free[1:]:
             if bucket:
                 return min(bucket) if len(bucket) < 8 else next(iter(bucket))

@@ -1,4 +1,4 @@
-"""Co-located execution on one GPU group: processor sharing with the fitted interference model.
+"""Co-located execution on GPUs: processor sharing with the fitted interference model.
 
 Every model batch that runs is an *activity* with `work` seconds of solo time (the cost model's
 step time for that batch alone on the GPUs) and a prefill fraction. While `n` activities run on
@@ -8,6 +8,10 @@ the same GPU group at once, each progresses at rate `1 / slowdown`, where
 (each of n concurrent kernels streams is taken to hold an equal 1/n share of the SMs). Rates
 are re-evaluated whenever an activity starts or ends, so the slowdown follows the concurrency
 actually present at every instant (not only at step start).
+
+A `GpuGroup` is a *domain*: GPU sets that overlap (a TP=1 instance on one GPU of a TP=4
+group) form one domain, and an activity's `n` counts the activities whose GPU sets intersect its
+own (itself included); activities on disjoint GPUs of one domain do not slow each other.
 
 Invariants: `remaining >= 0` for every activity; `advance(t)` is called with non-decreasing t;
 `next_finish()` is the earliest completion under the current concurrency.
@@ -29,6 +33,7 @@ class Activity:
     remaining: float
     prefill_fraction: float
     owner: object
+    gpus: frozenset[int] = frozenset()
     rate: float = 1.0
 
 
@@ -42,6 +47,7 @@ class GpuGroup:
     last_t: float = 0.0
     version: int = 0
     busy_s: float = 0.0  # time with at least one activity (utilisation)
+    single_set: bool = True  # every activity runs on all of `gpus` (no overlap counting needed)
 
     def advance(self, now: float) -> None:
         """Move every activity forward to `now` at its current rate."""
@@ -65,10 +71,13 @@ class GpuGroup:
 
     def rerate(self) -> None:
         """Recompute every activity's progress rate for the current concurrency."""
-        n = len(self.active)
+        active = self.active
+        n = len(active)
         inter = self.interference
         pk, dk = inter.prefill_k, inter.decode_k
-        for a in self.active:
+        for a in active:
+            if not self.single_set:
+                n = sum(1 for b in active if b is a or not a.gpus.isdisjoint(b.gpus))
             f = a.prefill_fraction
             a.rate = 1.0 / (1.0 + (f * pk + (1.0 - f) * dk) * (n - 1)) if n > 1 else 1.0
         self.version += 1

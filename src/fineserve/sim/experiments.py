@@ -22,7 +22,7 @@ from fineserve.costmodel.table import load_fitted_interference
 from fineserve.engine.clock import perf_counter
 from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
 from fineserve.sim.loop import ClusterSim, SimRequest
-from fineserve.sim.placement import Placement, fixed_placement
+from fineserve.sim.placement import Placement, fixed_placement, policy_placement
 from fineserve.sim.schemes import SCHEMES, get_scheme
 from fineserve.sim.workload import (
     MUXSERVE_ALPHA,
@@ -69,10 +69,23 @@ class RunResult:
 
 
 def placement_for(
-    scheme: str, models: Sequence[SimModel], num_gpus: int, gpu: GpuSpec
+    scheme: str,
+    models: Sequence[SimModel],
+    num_gpus: int,
+    gpu: GpuSpec,
+    cost: CostModel,
+    mean_lengths: tuple[int, int],
 ) -> Placement:
-    """The scheme's placement: the placement policies when available, else the built-in one."""
-    return fixed_placement(models, num_gpus, gpu, get_scheme(scheme).placement_score)
+    """The scheme's placement from `fineserve.scheduler.placement` (its policy, each model at
+    its catalogue TP); the built-in `fixed_placement` if that policy raises."""
+    spec = get_scheme(scheme)
+    try:
+        placement, _ = policy_placement(
+            models, num_gpus, gpu, spec.placement_policy, cost, *mean_lengths
+        )
+    except ValueError:
+        return fixed_placement(models, num_gpus, gpu, spec.placement_score)
+    return placement
 
 
 def run_scheme(
@@ -88,7 +101,7 @@ def run_scheme(
 ) -> RunResult:
     """Simulate one scheme on `requests`; metrics over [0, horizon]."""
     gpu = gpu or GpuSpec()
-    placement = placement or placement_for(scheme, models, num_gpus, gpu)
+    placement = placement or fixed_placement(models, num_gpus, gpu)
     sim = ClusterSim(models, placement, get_scheme(scheme), cost, interference, gpu)
     t0 = perf_counter()
     book = sim.run(requests, horizon_s=horizon_s)
@@ -123,6 +136,7 @@ def run_paper(
     interference = load_fitted_interference()
     lengths = sharegpt_lengths(data_dir)
     ref = mean_prompt(lengths)
+    mean_out = round(sum(o for _, o in lengths) / max(len(lengths), 1))
     points: list[dict[str, Any]] = []
     sim_total = wall_total = 0.0
     detail: list[dict[str, Any]] = []
@@ -132,8 +146,11 @@ def run_paper(
             reqs = poisson_requests(models, lengths, cfg.duration_s, cfg.seed)
             schemes: dict[str, dict[str, float]] = {}
             for name in cfg.schemes:
+                placement = placement_for(
+                    name, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
+                )
                 res = run_scheme(name, models, reqs, cost, interference, cfg.num_gpus,
-                                 cfg.duration_s + cfg.drain_s)  # fmt: skip
+                                 cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
                 sim_total += res.sim_s
                 wall_total += res.wall_s
                 s = res.summary

@@ -10,7 +10,8 @@ starts its next step at once. Requests go to the instance of their model with th
 unfinished requests (ties: first placed).
 
 Invariants: the clock never goes back; an engine has at most one plan in flight; every request
-has exactly one record; requests still unfinished at the horizon count as failed.
+has exactly one record; requests still unfinished at the horizon, and requests of models the
+placement left out, count as failed.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SimEngine:
     outstanding: int = 0
     map_seen: int = 0
     retired: bool = False
+    gpus: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -109,22 +111,26 @@ class ClusterSim:
             eng.retired = True
         self.routes = {}
         arenas = group_arenas(placement, self.models, self.gpu)
-        for gpus, names in placement.groups().items():
-            group = GpuGroup(gpus, self.interference, last_t=now)
+        domains: dict[tuple[int, ...], GpuGroup] = {}
+        for dom in gpu_domains(list(placement.groups())):
+            group = GpuGroup(tuple(sorted(set().union(*dom))), self.interference, last_t=now)
+            group.single_set = len(dom) == 1
             self._gid[id(group)] = len(self.groups)
             self._on_group[id(group)] = []
             self.groups.append(group)
+            domains.update(dict.fromkeys(dom, group))
+        for gpus, names in placement.groups().items():
+            group = domains[gpus]
             ms = [self.models[n] for n in names]
             alloc, engines = build_group_engines(self.scheme, ms, arenas[gpus], self.cost_model)
             for engine, served in engines:
                 eng = SimEngine(engine, group, alloc, served, self.scheme.map_cost_s)
+                eng.gpus = frozenset(gpus)
                 self.engines.append(eng)
                 self._on_group[id(group)].append(eng)
                 for name in served:
                     self.routes.setdefault(name, []).append(eng)
-        missing = set(self.models) - set(self.routes)
-        if missing:
-            raise ValueError(f"placement leaves models {sorted(missing)} without an instance")
+        self.unplaced = sorted(set(self.models) - set(self.routes))  # their requests fail
 
     # -- running -----------------------------------------------------------------------------
     def run(
@@ -178,7 +184,11 @@ class ClusterSim:
         self.book.arrive(
             req.request_id, req.model, t, req.prompt_tokens, m.ttft_slo_s, m.tpot_slo_s
         )
-        eng = min(self.routes[req.model], key=lambda e: e.outstanding)
+        routes = self.routes.get(req.model)
+        if not routes:
+            self.book.fail(req.request_id, "unplaced: the placement has no instance of it")
+            return
+        eng = min(routes, key=lambda e: e.outstanding)
         try:
             eng.engine.add_request(
                 req.request_id, req.model, [1] * req.prompt_tokens, req.output_tokens, arrival_s=t
@@ -208,7 +218,7 @@ class ClusterSim:
         eng.left = len(works)
         group = eng.group
         for k, (work, frac) in enumerate(works):
-            group.add(Activity(work + (extra if k == 0 else 0.0), frac, eng))
+            group.add(Activity(work + (extra if k == 0 else 0.0), frac, eng, eng.gpus))
         return True
 
     def _map_cost(self, eng: SimEngine) -> float:
@@ -243,6 +253,21 @@ class ClusterSim:
                 owner = self._engine_of.pop(out.request_id, None)
                 if owner is not None:
                     owner.outstanding -= 1
+
+
+def gpu_domains(sets: Sequence[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+    """GPU sets grouped into connected components of overlap (input order kept)."""
+    domains: list[list[tuple[int, ...]]] = []
+    covered: list[set[int]] = []
+    for gpus in sets:
+        hits = [i for i, c in enumerate(covered) if c.intersection(gpus)]
+        merged, cover = [gpus], set(gpus)
+        for i in reversed(hits):
+            merged = domains.pop(i) + merged
+            cover |= covered.pop(i)
+        domains.append(merged)
+        covered.append(cover)
+    return domains
 
 
 def group_arenas(

@@ -121,3 +121,57 @@ def _best_gpu(
         if val < best_val:
             best, best_val = g, val
     return best
+
+
+def policy_placement(
+    models: Sequence[SimModel],
+    num_gpus: int,
+    gpu: GpuSpec,
+    policy: str,
+    cost_model: object,
+    prompt_len: int,
+    output_len: int,
+    gpus_per_node: int = 8,
+) -> tuple[Placement, tuple[str, ...]]:
+    """Place with `fineserve.scheduler.placement` policy `policy` (each model at its own TP
+    degree); returns the placement and the models it left unplaced. GPU "n{n}g{g}" becomes
+    integer id n * gpus_per_node + g."""
+    from fineserve.scheduler.placement.problem import (
+        ClusterSpec,
+        ModelDemand,
+        PlacementProblem,
+    )
+    from fineserve.scheduler.placement.registry import place
+
+    if num_gpus % gpus_per_node:
+        gpus_per_node = num_gpus
+    demands = tuple(
+        ModelDemand(
+            m.name,
+            m.mtype.arch,
+            m.mtype.qformat,
+            m.mtype.weight_bytes,
+            {m.mtype.tp: m.mtype.kv},
+            max(m.rate, 0.0),
+            m.ttft_slo_s or 1e9,
+            m.tpot_slo_s,
+            prompt_len=max(1, prompt_len),
+            output_len=max(1, output_len),
+            tp_options=(m.mtype.tp,),
+        )
+        for m in models
+    )
+    cluster = ClusterSpec(
+        num_gpus // gpus_per_node, gpus_per_node, gpu.memory_bytes, gpu.reserve_bytes, gpu.name
+    )
+    problem = PlacementProblem(demands, cluster, cost_model)  # type: ignore[arg-type]
+    result = place(problem, policy)
+
+    def gid(name: str) -> int:
+        node, index = name[1:].split("g")
+        return int(node) * gpus_per_node + int(index)
+
+    instances = tuple(
+        PlacedInstance(i.model, tuple(gid(g) for g in i.gpus)) for i in result.instances
+    )
+    return Placement(instances, num_gpus, policy), tuple(result.unplaced)

@@ -37,6 +37,7 @@ class SchemeSpec:
     policy: str
     engine_per_model: bool
     placement_score: str
+    placement_policy: str = "fineserve"
     token_budget: int = 2048
     max_running: int = 256
     reserve: str = "none"
@@ -48,15 +49,15 @@ class SchemeSpec:
 
 SCHEMES: Mapping[str, SchemeSpec] = {
     "static": SchemeSpec(
-        "static", "static", "fcfs", True, "load",
+        "static", "static", "fcfs", True, "load", "fineserve",
         summary="one vLLM per model, KV partition sized by expected demand, FCFS",
     ),
     "muxserve": SchemeSpec(
-        "muxserve", "uniform", "fcfs", False, "load", reserve="rate",
+        "muxserve", "uniform", "fcfs", False, "load", "muxserve", reserve="rate",
         summary="one unit scheduler, uniform KV blocks, rate-proportional block quotas",
     ),
     "prism": SchemeSpec(
-        "prism", "paged_vmm", "prism", True, "pressure", map_cost_s=20e-6,
+        "prism", "paged_vmm", "prism", True, "pressure", "prism", map_cost_s=20e-6,
         summary="per-model engines, 2 MiB pages mapped on demand, KV-pressure placement",
     ),
     "fineserve": SchemeSpec(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
+from fineserve.memory.errors import OutOfPagesError
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.costs import CostModel
 from fineserve.scheduler.local.errors import InvalidRequestError
@@ -204,9 +205,7 @@ class LocalScheduler:
         t = self.pages.tokens_per_page[batch.model]
         full = [s for s in running if s.num_computed >= len(s.pages) * t]
         if full:
-            for seq in full:
-                if seq.status is Status.RUNNING:
-                    self._grant(seq, 1, plan, scheduled, now)
+            self._grant_one_each(full, plan, scheduled, now)
             running = [
                 s
                 for s in running
@@ -223,6 +222,23 @@ class LocalScheduler:
         batch.output_index = [len(s.tokens) - 1 - s.num_prompt for s in running]
         scheduled.update(ids)
         return len(ids)
+
+    def _grant_one_each(
+        self, full: list[Sequence], plan: StepPlan, scheduled: set[str], now: float
+    ) -> None:
+        """One more page for each of `full`: in one allocator call when memory allows,
+        else one by one with arbitration and preemption."""
+        model = full[0].model
+        try:
+            pages = self.pages.allocator.allocate(model, len(full))
+        except OutOfPagesError:
+            for seq in full:
+                if seq.status is Status.RUNNING:
+                    self._grant(seq, 1, plan, scheduled, now)
+            return
+        for seq, page in zip(full, pages, strict=True):
+            seq.pages.append(page)
+        plan.new_pages.setdefault(model, []).extend(pages)
 
     def _schedule_prefills(
         self,

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "profile": ("fineserve.bench.profile", "measure the CPU engine's step times into a cost table"),
     "bench": ("fineserve.bench.cli", "run a benchmark (memory, local, ...)"),
     "demo": ("fineserve.bench.demo", "run the embedded CPU demo"),
     "make-model": ("fineserve.execution.make_model", "write a random-weight HF model folder"),

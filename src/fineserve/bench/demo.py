@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="model cache folder")
     parser.add_argument("--duration", type=float, default=20.0, help="workload seconds")
     parser.add_argument("--rate", type=float, default=3.0, help="requests/s over all models")
-    parser.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO, seconds")
-    parser.add_argument("--slo-tpot", type=float, default=0.3, help="TPOT SLO, seconds")
+    parser.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds")
+    parser.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO, seconds")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: in the cache)")
     parser.add_argument("--json", action="store_true", help="print the JSON summary instead")
 

@@ -105,11 +105,19 @@ class ClusterSim:
 
     # -- placement ---------------------------------------------------------------------------
     def apply_placement(self, placement: Placement, now: float) -> None:
-        """Build engines for `placement`. Old engines stop taking requests and drain; their
-        memory is not returned to the new groups (a conservative migration model)."""
-        for eng in self.engines:
-            eng.retired = True
+        """Build engines for `placement`. An engine serving exactly the same models on the same
+        GPUs keeps running; other old engines stop taking requests and drain, and their memory
+        is not returned to the new groups (a conservative migration model)."""
+        keep = {(tuple(sorted(e.gpus)), tuple(e.models)) for e in self.engines if not e.retired}
+        new_sets = {(gpus, tuple(names)) for gpus, names in placement.groups().items()}
         self.routes = {}
+        for eng in self.engines:
+            ident = (tuple(sorted(eng.gpus)), tuple(eng.models))
+            if eng.retired or ident not in new_sets:
+                eng.retired = True
+                continue
+            for name in eng.models:  # unchanged engine: keeps running and taking requests
+                self.routes.setdefault(name, []).append(eng)
         arenas = group_arenas(placement, self.models, self.gpu)
         domains: dict[tuple[int, ...], GpuGroup] = {}
         for dom in gpu_domains(list(placement.groups())):
@@ -120,6 +128,8 @@ class ClusterSim:
             self.groups.append(group)
             domains.update(dict.fromkeys(dom, group))
         for gpus, names in placement.groups().items():
+            if (gpus, tuple(names)) in keep and self.engines:
+                continue
             group = domains[gpus]
             ms = [self.models[n] for n in names]
             alloc, engines = build_group_engines(self.scheme, ms, arenas[gpus], self.cost_model)

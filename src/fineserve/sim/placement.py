@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fineserve.sim.catalog import GIB, GpuSpec, SimModel
 
@@ -123,49 +124,39 @@ def _best_gpu(
     return best
 
 
-def policy_placement(
+def policy_problem(
     models: Sequence[SimModel],
     num_gpus: int,
     gpu: GpuSpec,
-    policy: str,
     cost_model: object,
     prompt_len: int,
     output_len: int,
     gpus_per_node: int = 8,
-) -> tuple[Placement, tuple[str, ...]]:
-    """Place with `fineserve.scheduler.placement` policy `policy` (each model at its own TP
-    degree); returns the placement and the models it left unplaced. GPU "n{n}g{g}" becomes
-    integer id n * gpus_per_node + g."""
-    from fineserve.scheduler.placement.problem import (
-        ClusterSpec,
-        ModelDemand,
-        PlacementProblem,
-    )
-    from fineserve.scheduler.placement.registry import place
+) -> Any:
+    """A `scheduler.placement` problem for these models, each fixed at its catalogue TP."""
+    from fineserve.scheduler.placement.problem import ClusterSpec, ModelDemand, PlacementProblem
 
     if num_gpus % gpus_per_node:
         gpus_per_node = num_gpus
     demands = tuple(
         ModelDemand(
-            m.name,
-            m.mtype.arch,
-            m.mtype.qformat,
-            m.mtype.weight_bytes,
-            {m.mtype.tp: m.mtype.kv},
-            max(m.rate, 0.0),
-            m.ttft_slo_s or 1e9,
-            m.tpot_slo_s,
-            prompt_len=max(1, prompt_len),
-            output_len=max(1, output_len),
+            m.name, m.mtype.arch, m.mtype.qformat, m.mtype.weight_bytes,
+            {m.mtype.tp: m.mtype.kv}, max(m.rate, 0.0), m.ttft_slo_s or 1e9, m.tpot_slo_s,
+            prompt_len=max(1, prompt_len), output_len=max(1, output_len),
             tp_options=(m.mtype.tp,),
         )
         for m in models
-    )
+    )  # fmt: skip
     cluster = ClusterSpec(
         num_gpus // gpus_per_node, gpus_per_node, gpu.memory_bytes, gpu.reserve_bytes, gpu.name
     )
-    problem = PlacementProblem(demands, cluster, cost_model)  # type: ignore[arg-type]
-    result = place(problem, policy)
+    return PlacementProblem(demands, cluster, cost_model)  # type: ignore[arg-type]
+
+
+def from_policy(result: Any, num_gpus: int, gpus_per_node: int = 8) -> Placement:
+    """Our `Placement` from a `scheduler.placement.Placement` (GPU "n{n}g{g}" -> n*8+g)."""
+    if num_gpus % gpus_per_node:
+        gpus_per_node = num_gpus
 
     def gid(name: str) -> int:
         node, index = name[1:].split("g")
@@ -174,4 +165,22 @@ def policy_placement(
     instances = tuple(
         PlacedInstance(i.model, tuple(gid(g) for g in i.gpus)) for i in result.instances
     )
-    return Placement(instances, num_gpus, policy), tuple(result.unplaced)
+    return Placement(instances, num_gpus, result.policy)
+
+
+def policy_placement(
+    models: Sequence[SimModel],
+    num_gpus: int,
+    gpu: GpuSpec,
+    policy: str,
+    cost_model: object,
+    prompt_len: int,
+    output_len: int,
+) -> tuple[Placement, tuple[str, ...]]:
+    """Place with `fineserve.scheduler.placement` policy `policy`; returns the placement and
+    the models it left unplaced."""
+    from fineserve.scheduler.placement.registry import place
+
+    problem = policy_problem(models, num_gpus, gpu, cost_model, prompt_len, output_len)
+    result = place(problem, policy)
+    return from_policy(result, num_gpus), tuple(result.unplaced)

@@ -126,10 +126,12 @@ def build_group_engines(
     elif scheme.memory == "slab":
         options["slab_bytes"] = slab_bytes_for(kvs, arena_bytes, scheme.target_slabs)
     allocator = make_allocator(scheme.memory, arena_bytes, kvs, **options)
-    config = SchedulerConfig(token_budget=scheme.token_budget, max_running=scheme.max_running)
     parts = [[m] for m in models] if scheme.engine_per_model else [list(models)]
     engines = []
     for part in parts:
+        # a shared engine runs its models' batches side by side: each keeps a full budget
+        budget = scheme.token_budget * len(part)
+        config = SchedulerConfig(token_budget=budget, max_running=scheme.max_running)
         scheduler = LocalScheduler(
             [served_model(m) for m in part], allocator, cost_model, scheme.policy, config
         )

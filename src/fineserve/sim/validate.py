@@ -16,6 +16,9 @@ This module drives a real engine, so it (and only it in `sim/`) uses the wall cl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +40,8 @@ def _make_model(root: Path) -> Path:
     parser = argparse.ArgumentParser()
     make_model.add_arguments(parser)
     out = root / NAME
-    make_model.run(parser.parse_args(["--arch", "llama", "--size", "small", "--out", str(out)]))
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the report / JSON
+        make_model.run(parser.parse_args(["--arch", "llama", "--size", "small", "--out", str(out)]))
     return out
 
 
@@ -145,6 +149,9 @@ def run_validation(
     from fineserve.sim.workload import solo_ttft
 
     say = progress or (lambda _: None)
+    # one torch thread: profile and real run then see the same, steadier per-step cost on a
+    # shared machine (must be set before the engine imports torch)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="fineserve-validate-") as tmp:
         root = Path(tmp)
         folder = _make_model(root)

@@ -158,7 +158,10 @@ def run_validation(
         say("profiling the CPU engine (fineserve profile code path) ...")
         cost = TableCostModel.from_csv(_profile(folder, root, quick))
         kv = load_instance(folder, None, None, 16, 0).kv_format
-        arena = 64 * 2**20
+        from fineserve.bench.profile import _arena_bytes
+
+        # the same arena rule as the profile: the CPU attention path's cost grows with it
+        arena = _arena_bytes(folder, 16 * 240)
         reqs = workload(24 if quick else 60, 3.0 if quick else 4.0, seed)
         from fineserve.sim.catalog import ModelType
 

@@ -8,6 +8,7 @@ import pytest
 
 from fineserve.scheduler.local import POLICIES, SchedulerConfig, make_policy
 from fineserve.scheduler.local.config import BEST_EFFORT
+from fineserve.scheduler.local.policies import SlackPolicy
 
 # With the test cost model a chunk of n prompt tokens alone takes 5 ms + 0.1 ms * n.
 
@@ -95,7 +96,9 @@ def test_tpot_slo_bounds_the_decode_batch(h: ModuleType) -> None:
 
 def test_slack_policy_cuts_prefill_chunks_to_keep_tpot(h: ModuleType) -> None:
     specs = [h.spec("a", tpot=0.012), h.spec("b")]
-    engine = h.make_engine(specs, policy="slack", config=SchedulerConfig(token_budget=256))
+    config = SchedulerConfig(token_budget=256)
+    engine = h.make_engine(specs, policy="slack", config=config)
+    engine.scheduler.policy = SlackPolicy(tpot_budget=True)
     engine.add_request("d", "a", [1, 2], max_tokens=30)
     engine.step()
     engine.add_request("p", "b", [1] * 500, max_tokens=1)

@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arena-mib", type=int, default=4)
     parser.add_argument("--sched-steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
 def ensure_models(root: Path) -> dict[str, Path]:
@@ -103,8 +104,8 @@ def plan_load(cost: Any, keys: dict[str, Any], load: float) -> dict[str, Any]:
         decode_all += decode
         slos[name] = {"prefill_s": prefill, "decode_s": decode}
     for name in slos:
-        slos[name]["ttft_slo_s"] = max(0.2, 10 * slos[name]["prefill_s"])
-        slos[name]["tpot_slo_s"] = 2.0 * decode_all
+        slos[name]["ttft_slo_s"] = max(0.25, 10 * slos[name]["prefill_s"])
+        slos[name]["tpot_slo_s"] = 3.0 * decode_all
     capacity = 1.0 / per_request
     return {"capacity_rps": capacity, "rate_rps": load * capacity, "shares": shares, "slos": slos}
 
@@ -225,11 +226,14 @@ def _shape(summary: dict[str, Any], stats: Any, leaked: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from fineserve.costmodel.base import InstanceKey
     from fineserve.costmodel.registry import make_cost_model
     from fineserve.engine.overhead import measure_sched_us
     from fineserve.scheduler.local import POLICIES
 
+    torch.set_num_threads(args.threads)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:

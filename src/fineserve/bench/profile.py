@@ -1,11 +1,12 @@
 """`fineserve profile --model DIR [--json PATH] [--csv PATH]`: measure the real engine here.
 
 For every (batch size, input length) of a grid, the engine (torch executor, one model in its
-own arena, wall clock) runs `batch` prompts of `input_len` tokens as one prefill step, then
-`output_len - 1` decode steps. Rows follow the schema of the H100 profile
+own arena, wall clock), after one warm-up request, runs `batch` prompts of `input_len` tokens
+as one prefill step, then `output_len - 1` decode steps. Rows follow the schema of the H100 profile
 (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill step, `tpot` = mean
-decode step, `decode_time` = all decode steps, `e2e` = both. Step times are the executor's own
-(scheduling overhead is not in them), so the table feeds `make_cost_model("table:<path>")`.
+decode step, `decode_time` = all decode steps, `e2e` = both. A step is timed whole (planning,
+execution and output handling), as a user sees it; the table feeds
+`make_cost_model("table:<path>")`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-lens", default=DEFAULT_INPUTS)
     parser.add_argument("--output-len", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs per point (median kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", dest="json_out", help="write rows as JSON ('-' = stdout)")
     parser.add_argument("--csv", dest="csv_out", help="write rows as a profile CSV")
 
@@ -63,15 +65,16 @@ def measure_point(
         clock=WallClock(),
     )
     params = SamplingParams(temperature=0.0, ignore_eos=True)
+    engine.add_request("warmup", name, [3] * input_len, max_tokens=2, sampling=params)
+    engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
         engine.add_request(f"p{i}", name, prompt, max_tokens=output_len, sampling=params)
     steps: list[float] = []
     while engine.has_unfinished():
-        plan = engine.begin_step(engine.clock.now())
-        result = engine.executor.execute(plan)
-        engine.finish_step(result, engine.clock.now())
-        steps.append(result.duration_s)
+        start = engine.clock.now()
+        engine.step()
+        steps.append(engine.clock.now() - start)
     return steps[0], statistics.fmean(steps[1:]) if len(steps) > 1 else 0.0
 
 
@@ -132,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.model} is not a model folder (no config.json)")
     if args.output_len < 2:
         raise CliError("--output-len must be >= 2 (one prefill token and one decode)")
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         rows = profile_rows(args)
     except ValueError as exc:

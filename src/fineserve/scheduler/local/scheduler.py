@@ -204,8 +204,7 @@ class LocalScheduler:
         those whose KV fills its last page; returns how many run. Hot path: column-wise."""
         t = self.pages.tokens_per_page[batch.model]
         full = [s for s in running if s.num_computed >= len(s.pages) * t]
-        if full:
-            self._grant_one_each(full, plan, scheduled, now)
+        if full and not self._grant_one_each(full, plan, scheduled, now):
             running = [
                 s
                 for s in running
@@ -225,9 +224,9 @@ class LocalScheduler:
 
     def _grant_one_each(
         self, full: list[Sequence], plan: StepPlan, scheduled: set[str], now: float
-    ) -> None:
-        """One more page for each of `full`: in one allocator call when memory allows,
-        else one by one with arbitration and preemption."""
+    ) -> bool:
+        """One more page for each of `full`: in one allocator call when memory allows (True),
+        else one by one with arbitration and preemption (False: some may have none)."""
         model = full[0].model
         try:
             pages = self.pages.allocator.allocate(model, len(full))
@@ -235,10 +234,11 @@ class LocalScheduler:
             for seq in full:
                 if seq.status is Status.RUNNING:
                     self._grant(seq, 1, plan, scheduled, now)
-            return
+            return False
         for seq, page in zip(full, pages, strict=True):
             seq.pages.append(page)
         plan.new_pages.setdefault(model, []).extend(pages)
+        return True
 
     def _schedule_prefills(
         self,

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"demo: models ready in {cache / 'models'} ({time.monotonic() - t0:.1f} s)")
     slo = (args.slo_ttft, args.slo_tpot)
     models = tuple(ModelConfig(n, p, *slo) for n, p in folders.items())
-    backend = load_torch_backend(ServeConfig(models=models, arena_bytes=16 << 20))
+    backend = load_torch_backend(ServeConfig(models=models, arena_bytes=2 << 20))
     with LiveServer(create_app(backend)) as server:
         console.print(f"demo: serving {len(models)} models at {server.url}/v1; sending load")
         records, peaks = asyncio.run(drive(server.url, args, backend))

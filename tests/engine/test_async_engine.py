@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from fineserve.costmodel.base import InstanceKey
 from fineserve.engine.async_engine import AsyncEngine
 from fineserve.engine.clock import WallClock
 from fineserve.engine.factory import ModelSpec, build_engine
+from fineserve.engine.step import StepPlan, StepResult
 from fineserve.memory.formats import KVFormat
 from fineserve.scheduler.local import InvalidRequestError, SchedulerConfig, ServedModel
 from fineserve.sim.executor import LinearCostModel, SimExecutor, token_stream
@@ -17,13 +19,22 @@ from fineserve.sim.executor import LinearCostModel, SimExecutor, token_stream
 COST = LinearCostModel()
 
 
+class PacedExecutor(SimExecutor):
+    """The simulated executor, taking about 1 ms of real time per step, so long requests
+    stay in flight long enough to be aborted."""
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        time.sleep(0.001)
+        return super().execute(plan)
+
+
 def make_front() -> AsyncEngine:
     fmt = KVFormat(2, 2, 64)
-    specs = [ModelSpec(ServedModel(n, InstanceKey(n, "fp16"), 512), fmt) for n in ("a", "b")]
+    specs = [ModelSpec(ServedModel(n, InstanceKey(n, "fp16"), 1 << 20), fmt) for n in ("a", "b")]
     engine = build_engine(
         specs,
-        200 * fmt.page_bytes,
-        SimExecutor(COST),
+        2000 * fmt.page_bytes,
+        PacedExecutor(COST),
         COST,
         policy="saab",
         config=SchedulerConfig(token_budget=64),

@@ -11,6 +11,7 @@ import importlib
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("fineserve.bench.memory", "KV memory schemes under a trace-driven workload"),
+    "local": ("fineserve.bench.local", "local scheduler policies on the real CPU engine"),
     "serve": ("fineserve.bench.serve", "load an OpenAI-compatible server, report SLO attainment"),
 }
 

@@ -14,15 +14,15 @@ borrows a slab when that would leave too few for the unmet reserves of the other
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
-from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
-from fineserve.memory.pool import ModelPool, check_free_request
+from fineserve.memory.allocator import ArenaUsage, ModelKV, ModelUsage
+from fineserve.memory.errors import InvalidFormatError
+from fineserve.memory.pooled import PooledAllocator
 from fineserve.memory.slab_size import choose_slab_bytes, pages_in_slab
 
 
-class SlabAllocator(KVAllocator):
+class SlabAllocator(PooledAllocator):
     """The FineServe KV Slab allocator (see the module docstring)."""
 
     scheme = "slab"
@@ -34,31 +34,23 @@ class SlabAllocator(KVAllocator):
         slab_bytes: int | None = None,
         keep_empty: int = 1,
     ) -> None:
-        super().__init__(arena_bytes, models)
+        super().__init__(arena_bytes, models, keep_empty)
         page_sizes = [m.fmt.page_bytes for m in models] or [1]
         self.slab_bytes = slab_bytes or choose_slab_bytes(page_sizes, arena_bytes)
         if self.slab_bytes < max(page_sizes):
             raise InvalidFormatError(
                 f"slab of {self.slab_bytes} bytes is smaller than a {max(page_sizes)}-byte page"
             )
-        self.keep_empty = keep_empty
         self.num_slabs = -(-arena_bytes // self.slab_bytes)
         self._free_slabs = list(range(self.num_slabs))
         heapq.heapify(self._free_slabs)
         self._owner: dict[int, str] = {}
-        self._pools: dict[str, ModelPool] = {m.name: ModelPool() for m in models}
         self._page_bytes = {m.name: m.fmt.page_bytes for m in models}
         self._reserve_slabs = {m.name: -(-m.reserve_bytes // self.slab_bytes) for m in models}
         self.slab_borrows = 0
         self.slab_returns = 0
 
     # -- queries ---------------------------------------------------------------------------
-    def used_pages(self, model: str) -> int:
-        return len(self._pool(model).owned)
-
-    def owned_pages(self, model: str) -> set[int]:
-        return set(self._pool(model).owned)
-
     def slabs_of(self, model: str) -> list[int]:
         return sorted(self._pool(model).used)
 
@@ -71,27 +63,6 @@ class SlabAllocator(KVAllocator):
         borrowable = self._borrowable_slabs(model)
         per_slab = self.slab_bytes // self._page_bytes[model]
         return pool.free_pages + borrowable * per_slab
-
-    # -- allocate / free -------------------------------------------------------------------
-    def allocate(self, model: str, n: int) -> list[int]:
-        pool = self._pool(model)
-        if n < 0:
-            raise ValueError(f"cannot allocate {n} pages")
-        borrowed: list[int] = []
-        while pool.free_pages < n:
-            slab = self._borrow(model)
-            if slab is None:
-                for s in borrowed:
-                    self._return(model, s)
-                raise OutOfPagesError(model, n, pool.free_pages)
-            borrowed.append(slab)
-        return pool.take(n)
-
-    def free(self, model: str, pages: Iterable[int]) -> None:
-        pool = self._pool(model)
-        pages = check_free_request(model, pages, pool.owned)
-        for slab in pool.give_back(pages):
-            self._maybe_return(model, slab)
 
     # -- slabs -----------------------------------------------------------------------------
     def _borrowable_slabs(self, model: str) -> int:
@@ -111,7 +82,7 @@ class SlabAllocator(KVAllocator):
         above_reserve = len(pool.used) - self._reserve_slabs[model]
         return max(0, min(len(pool.empty), above_reserve))
 
-    def _borrow(self, model: str) -> int | None:
+    def _acquire_unit(self, model: str) -> int | None:
         if self._borrowable_slabs(model) < 1:
             return None
         if not self._free_slabs:
@@ -137,14 +108,10 @@ class SlabAllocator(KVAllocator):
     def _reclaim_spare_slab(self, model: str) -> None:
         for name, pool in self._pools.items():
             if name != model and self._spare_empty_slabs(name):
-                self._return(name, pool.empty_units()[0])
+                self._release_unit(name, pool.empty_units()[0])
                 return
 
-    def _maybe_return(self, model: str, slab: int) -> None:
-        if len(self._pools[model].empty) > self.keep_empty:
-            self._return(model, slab)
-
-    def _return(self, model: str, slab: int) -> None:
+    def _release_unit(self, model: str, slab: int) -> None:
         self._pools[model].remove_unit(slab)
         del self._owner[slab]
         heapq.heappush(self._free_slabs, slab)
@@ -155,7 +122,7 @@ class SlabAllocator(KVAllocator):
         count = 0
         for name, pool in self._pools.items():
             for slab in pool.empty_units():
-                self._return(name, slab)
+                self._release_unit(name, slab)
                 count += 1
         return count
 
@@ -171,15 +138,7 @@ class SlabAllocator(KVAllocator):
             edge += held - page_total
             empty_pages = sum(pool.capacity[u] for u in pool.empty_units())
             free += empty_pages * fmt.page_bytes
-            models[name] = ModelUsage(
-                used_pages=len(pool.owned),
-                page_bytes=fmt.page_bytes,
-                page_stride=fmt.page_bytes,
-                tokens_per_page=fmt.tokens_per_page,
-                bytes_per_token=fmt.bytes_per_token,
-                free_pages_held=pool.stranded_pages(),
-                held_bytes=held,
-            )
+            models[name] = self._model_usage(name, held, pool.stranded_pages())
         extra = {"slab_bytes": float(self.slab_bytes), "free_slabs": float(self.free_slab_count)}
         return ArenaUsage(self.arena_bytes, models, free, edge, extra)
 
@@ -196,11 +155,3 @@ class SlabAllocator(KVAllocator):
             pool.check()
             assert all(self._owner[s] == name for s in pool.used), "slab owner mismatch"
             assert len(pool.empty) <= self.keep_empty, "too many empty slabs kept"
-
-    def model_pool(self, model: str) -> ModelPool:
-        """The page bookkeeping of `model` (read by the defragmentation planner)."""
-        return self._pool(model)
-
-    def _pool(self, model: str) -> ModelPool:
-        self.spec(model)
-        return self._pools[model]

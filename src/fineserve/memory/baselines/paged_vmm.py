@@ -13,13 +13,13 @@ a chunk) behind each of its 2 x layers tensors at once — a *granule* — which
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
-from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
+from fineserve.memory.allocator import ArenaUsage, ModelKV, ModelUsage
+from fineserve.memory.errors import InvalidFormatError
 from fineserve.memory.formats import KVFormat
 from fineserve.memory.integrity import check_allocator
-from fineserve.memory.pool import ModelPool, check_free_request
+from fineserve.memory.pooled import PooledAllocator
 
 CHUNK_BYTES = 2 * 1024 * 1024
 DEFAULT_MAP_COST_S = 20e-6
@@ -34,7 +34,7 @@ def granule_geometry(fmt: KVFormat, chunk_bytes: int = CHUNK_BYTES) -> tuple[int
     return tensors * chunks_per_tensor, blocks
 
 
-class PagedVMMAllocator(KVAllocator):
+class PagedVMMAllocator(PooledAllocator):
     scheme = "paged_vmm"
 
     def __init__(
@@ -45,16 +45,14 @@ class PagedVMMAllocator(KVAllocator):
         map_cost_s: float = DEFAULT_MAP_COST_S,
         keep_empty: int = 1,
     ) -> None:
-        super().__init__(arena_bytes, models)
+        super().__init__(arena_bytes, models, keep_empty)
         self.chunk_bytes = chunk_bytes
         self.map_cost_s = map_cost_s
-        self.keep_empty = keep_empty
         self.num_chunks = arena_bytes // chunk_bytes
         self.free_chunks = self.num_chunks
         self._geometry = {m.name: granule_geometry(m.fmt, chunk_bytes) for m in models}
         if any(c > self.num_chunks for c, _ in self._geometry.values()):
             raise InvalidFormatError("the arena cannot map one granule of some model")
-        self._pools = {m.name: ModelPool() for m in models}
         self._next_ids: dict[str, list[int]] = {m.name: [] for m in models}
         self._high: dict[str, int] = dict.fromkeys(self._pools, 0)
         self.map_ops = 0
@@ -73,27 +71,7 @@ class PagedVMMAllocator(KVAllocator):
         )
         return self._pools[model].free_pages + (self.free_chunks + spare) // chunks * blocks
 
-    def allocate(self, model: str, n: int) -> list[int]:
-        pool = self._pool(model)
-        if n < 0:
-            raise ValueError(f"cannot allocate {n} pages")
-        mapped: list[int] = []
-        while pool.free_pages < n:
-            granule = self._map(model)
-            if granule is None:
-                for g in mapped:
-                    self._unmap(model, g)
-                raise OutOfPagesError(model, n, pool.free_pages)
-            mapped.append(granule)
-        return pool.take(n)
-
-    def free(self, model: str, pages: Iterable[int]) -> None:
-        pool = self._pool(model)
-        for granule in pool.give_back(check_free_request(model, pages, pool.owned)):
-            if len(pool.empty) > self.keep_empty:
-                self._unmap(model, granule)
-
-    def _map(self, model: str) -> int | None:
+    def _acquire_unit(self, model: str) -> int | None:
         chunks, blocks = self._geometry[model]
         if self.free_chunks < chunks:
             self._unmap_spare(model, chunks)
@@ -115,20 +93,14 @@ class PagedVMMAllocator(KVAllocator):
             for granule in pool.empty_units() if name != model else ():
                 if self.free_chunks >= needed:
                     return
-                self._unmap(name, granule)
+                self._release_unit(name, granule)
 
-    def _unmap(self, model: str, granule: int) -> None:
+    def _release_unit(self, model: str, granule: int) -> None:
         chunks, _ = self._geometry[model]
         self._pools[model].remove_unit(granule)
         heapq.heappush(self._next_ids[model], granule)
         self.free_chunks += chunks
         self.map_ops += chunks
-
-    def used_pages(self, model: str) -> int:
-        return len(self._pool(model).owned)
-
-    def owned_pages(self, model: str) -> set[int]:
-        return set(self._pool(model).owned)
 
     def usage(self) -> ArenaUsage:
         models: dict[str, ModelUsage] = {}
@@ -140,15 +112,7 @@ class PagedVMMAllocator(KVAllocator):
             held = len(pool.used) * chunks * self.chunk_bytes
             edge += held - len(pool.used) * blocks * fmt.page_bytes
             free += len(pool.empty) * blocks * fmt.page_bytes
-            models[name] = ModelUsage(
-                used_pages=len(pool.owned),
-                page_bytes=fmt.page_bytes,
-                page_stride=fmt.page_bytes,
-                tokens_per_page=fmt.tokens_per_page,
-                bytes_per_token=fmt.bytes_per_token,
-                free_pages_held=pool.stranded_pages(),
-                held_bytes=held,
-            )
+            models[name] = self._model_usage(name, held, pool.stranded_pages())
         extra = {"map_ops": float(self.map_ops), "map_seconds": self.map_ops * self.map_cost_s}
         return ArenaUsage(self.arena_bytes, models, free, edge, extra)
 
@@ -159,9 +123,4 @@ class PagedVMMAllocator(KVAllocator):
     def check_internal(self) -> None:
         mapped = sum(len(p.used) * self._geometry[n][0] for n, p in self._pools.items())
         assert mapped + self.free_chunks == self.num_chunks, "physical chunks lost"
-        for pool in self._pools.values():
-            pool.check()
-
-    def _pool(self, model: str) -> ModelPool:
-        self.spec(model)
-        return self._pools[model]
+        super().check_internal()

@@ -9,11 +9,11 @@ averages. A model can never use another's idle region.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
-from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
-from fineserve.memory.pool import ModelPool, check_free_request
+from fineserve.memory.allocator import ArenaUsage, ModelKV, ModelUsage
+from fineserve.memory.errors import InvalidFormatError
+from fineserve.memory.pooled import PooledAllocator
 
 
 def _floor_upto(models: Sequence[ModelKV], last: ModelKV) -> int:
@@ -26,11 +26,11 @@ def _floor_upto(models: Sequence[ModelKV], last: ModelKV) -> int:
     raise AssertionError("model not in list")
 
 
-class StaticAllocator(KVAllocator):
+class StaticAllocator(PooledAllocator):
     scheme = "static"
 
     def __init__(self, arena_bytes: int, models: Sequence[ModelKV]) -> None:
-        super().__init__(arena_bytes, models)
+        super().__init__(arena_bytes, models, keep_empty=1)  # the one partition stays
         total = sum(m.demand_weight for m in models)
         floors = sum(m.reserve_bytes for m in models)
         if floors > arena_bytes:
@@ -38,39 +38,24 @@ class StaticAllocator(KVAllocator):
                 f"static partitions need {floors} reserved bytes, the arena has {arena_bytes}"
             )
         shared = arena_bytes - floors
-        self._pools: dict[str, ModelPool] = {}
         self._region: dict[str, tuple[int, int]] = {}
         cumulative, start = 0.0, 0
         for m in models:
             cumulative += m.demand_weight
             end = min(arena_bytes, round(cumulative / total * shared) + _floor_upto(models, m))
             page = m.fmt.page_bytes
-            pool = ModelPool()
-            pool.add_unit(0, range(-(-start // page), end // page))
-            self._pools[m.name] = pool
+            self._pools[m.name].add_unit(0, range(-(-start // page), end // page))
             self._region[m.name] = (start, end)
             start = end
 
-    def allocate(self, model: str, n: int) -> list[int]:
-        pool = self._pool(model)
-        if n < 0:
-            raise ValueError(f"cannot allocate {n} pages")
-        if pool.free_pages < n:
-            raise OutOfPagesError(model, n, pool.free_pages)
-        return pool.take(n)
+    def _acquire_unit(self, model: str) -> int | None:
+        return None  # a partition never grows
 
-    def free(self, model: str, pages: Iterable[int]) -> None:
-        pool = self._pool(model)
-        pool.give_back(check_free_request(model, pages, pool.owned))
+    def _release_unit(self, model: str, unit: int) -> None:
+        raise AssertionError("a static partition is never given back")
 
     def available_pages(self, model: str) -> int:
         return self._pool(model).free_pages
-
-    def used_pages(self, model: str) -> int:
-        return len(self._pool(model).owned)
-
-    def owned_pages(self, model: str) -> set[int]:
-        return set(self._pool(model).owned)
 
     def usage(self) -> ArenaUsage:
         models: dict[str, ModelUsage] = {}
@@ -80,21 +65,5 @@ class StaticAllocator(KVAllocator):
             start, end = self._region[name]
             edge += (end - start) - pool.capacity[0] * fmt.page_bytes
             # a static region's free pages can serve no other model: they are stranded
-            models[name] = ModelUsage(
-                used_pages=len(pool.owned),
-                page_bytes=fmt.page_bytes,
-                page_stride=fmt.page_bytes,
-                tokens_per_page=fmt.tokens_per_page,
-                bytes_per_token=fmt.bytes_per_token,
-                free_pages_held=pool.free_pages,
-                held_bytes=end - start,
-            )
+            models[name] = self._model_usage(name, end - start, pool.free_pages)
         return ArenaUsage(self.arena_bytes, models, free, edge)
-
-    def check_internal(self) -> None:
-        for pool in self._pools.values():
-            pool.check()
-
-    def _pool(self, model: str) -> ModelPool:
-        self.spec(model)
-        return self._pools[model]

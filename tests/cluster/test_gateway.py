@@ -8,8 +8,12 @@ import pytest
 
 from fineserve.cluster import Gateway, LocalWorker
 from fineserve.cluster.ray_backend import build_backend
-from fineserve.server.backend import BackendError, GenerateRequest, SamplingOptions
-from fineserve.server.errors import APIError
+from fineserve.server.backend import (
+    BackendError,
+    BackendUnavailable,
+    GenerateRequest,
+    SamplingOptions,
+)
 
 
 def worker(name: str, models: tuple[str, ...]) -> LocalWorker:
@@ -58,7 +62,7 @@ def test_dead_worker_fails_fast_and_is_routed_around() -> None:
         await gw.check_health()
         with pytest.raises(BackendError) as exc:
             gw.generate(req("z", "a"))
-        assert exc.value.kind == "unavailable"
+        assert exc.value.kind == "unavailable" and exc.value.status == 503
         await gw.stop()
 
     asyncio.run(main())
@@ -72,10 +76,12 @@ def test_lost_worker_mid_stream_is_503() -> None:
         stream = gw.generate(req("r", "a", 10_000))
         await anext(stream)
         w0.alive = False
-        with pytest.raises(APIError) as exc:
+        with pytest.raises(BackendUnavailable) as exc:
             async for _ in stream:
                 pass
-        assert exc.value.status == 503
+        assert exc.value.status == 503 and exc.value.code == "replica_lost"
+        assert exc.value.retry_after_s is not None
+        assert not gw._slots["w0"].healthy
         assert gw.in_flight() == 0
         await w0.backend.stop(0.1)
 

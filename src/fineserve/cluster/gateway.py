@@ -7,9 +7,11 @@ server's `Backend` protocol, so `create_app(gateway)` serves a whole cluster.
 
 Invariants:
 - no new request goes to an unhealthy or draining worker; with no such worker for the model the
-  request is refused at once with `BackendError("unavailable")` (HTTP 503, Retry-After);
-- when a worker dies mid-request, that request fails fast: its stream raises an `APIError` with
-  status 503 (so a non-streamed request answers 503; a started SSE stream ends with an error);
+  request is refused at once with `BackendUnavailable` (HTTP 503, Retry-After);
+- when a worker dies mid-request, that request fails fast: its stream raises
+  `BackendUnavailable` (code "replica_lost"; the server answers a non-streamed request with 503
+  and ends a started SSE stream with an error event); the worker is marked unhealthy until a
+  health ping succeeds again;
 - `replace_worker(old, new)` starts and health-checks `new` before `old` drains (no dropped
   requests); a drained worker is stopped only when its in-flight count reaches zero.
 """
@@ -25,6 +27,7 @@ from typing import Protocol
 from fineserve.server.backend import (
     BackendError,
     BackendStats,
+    BackendUnavailable,
     Delta,
     GenerateRequest,
     KVStats,
@@ -171,14 +174,14 @@ class Gateway:
         if not ready:
             if not self.workers_for(model):
                 raise BackendError("unknown_model", f"model {model!r} is not served")
-            raise BackendError(
-                "unavailable", f"no healthy replica of {model!r}", retry_after_s=RETRY_AFTER_S
+            raise BackendUnavailable(
+                f"no healthy replica of {model!r}", RETRY_AFTER_S, code="no_replica"
             )
         return min(ready)[1]
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self._stopping:
-            raise BackendError("unavailable", "shutting down", retry_after_s=RETRY_AFTER_S)
+            raise BackendUnavailable("shutting down", RETRY_AFTER_S, code="shutting_down")
         name = self.route(request.model)
         slot = self._slots[name]
         work = len(request.prompt_token_ids) + request.sampling.max_tokens
@@ -194,10 +197,8 @@ class Gateway:
                 yield delta
         except WorkerLost as exc:
             slot.healthy = False
-            from fineserve.server.errors import APIError
-
-            raise APIError.from_backend(
-                BackendError("unavailable", f"replica lost: {exc}", retry_after_s=RETRY_AFTER_S)
+            raise BackendUnavailable(
+                f"replica lost: {exc}", RETRY_AFTER_S, code="replica_lost"
             ) from None
         finally:
             slot.outstanding -= slot.requests.pop(request.request_id, 0)

@@ -100,9 +100,18 @@ class RayWorker:
         self.actor = actor_cls.options(
             name=None, num_cpus=num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=64
         ).remote(spec)
-        self._models: list[ModelInfo] = ray.get(self.actor.models.remote())  # served names now
+        # asked now, read on first use: actors of several workers build their engines in parallel
+        self._models_ref: Any = self.actor.models.remote()
+        self._models: list[ModelInfo] | None = None
 
     def models(self) -> Sequence[ModelInfo]:
+        if self._models is None:
+            import ray
+
+            try:
+                self._models = list(ray.get(self._models_ref))
+            except ray.exceptions.RayError as exc:
+                raise RuntimeError(f"worker {self.name} failed to start: {exc}") from None
         return self._models
 
     async def start(self) -> None:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fineserve.server.backend import Backend
+from fineserve.server.backend import Backend, BackendError
 from fineserve.server.errors import APIError, error_body
 from fineserve.server.metrics import ServerMetrics
 from fineserve.server.openai_api import OpenAIService
@@ -75,6 +75,11 @@ def _api_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), exc.status, headers=exc.headers())
 
 
+def _backend_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BackendError)
+    return _api_error(_, APIError.from_backend(exc))
+
+
 def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -117,6 +122,7 @@ def create_app(backend: Backend, config: AppConfig | None = None) -> FastAPI:
     app.state.backend = backend
     app.state.metrics = metrics
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(BackendError, _backend_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)

@@ -121,14 +121,53 @@ class BackendStats:
     preemptions: Mapping[str, int] = field(default_factory=dict)
 
 
-class BackendError(Exception):
-    """A request the backend refuses at submission. `kind`: "invalid", "too_large",
-    "unknown_model", "queue_full", "unavailable"."""
+BACKEND_STATUS: Mapping[str, int] = {
+    "invalid": 400,
+    "too_large": 413,
+    "unknown_model": 404,
+    "queue_full": 429,
+    "unavailable": 503,
+}
+BACKEND_CODES: Mapping[str, str] = {
+    "too_large": "context_length_exceeded",
+    "unknown_model": "model_not_found",
+    "queue_full": "queue_full",
+    "unavailable": "shutting_down",
+}
 
-    def __init__(self, kind: str, message: str, retry_after_s: float | None = None) -> None:
+
+class BackendError(Exception):
+    """A request the backend refuses, at submission or while it runs. `kind`: "invalid",
+    "too_large", "unknown_model", "queue_full", "unavailable"; `status` is the HTTP status the
+    server answers with (`BACKEND_STATUS`, 500 for an unknown kind); `code` the OpenAI error
+    code (default from `BACKEND_CODES`). Raised from a stream after its first delta, it reaches
+    a streaming client as a final SSE error event."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        retry_after_s: float | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.retry_after_s = retry_after_s
+        self.code = code if code is not None else BACKEND_CODES.get(kind)
+
+    @property
+    def status(self) -> int:
+        return BACKEND_STATUS.get(self.kind, 500)
+
+
+class BackendUnavailable(BackendError):
+    """No replica can serve the request now, or the one serving it was lost (HTTP 503, with
+    Retry-After): the client may retry."""
+
+    def __init__(
+        self, message: str, retry_after_s: float | None = 1.0, code: str = "unavailable"
+    ) -> None:
+        super().__init__("unavailable", message, retry_after_s, code)
 
 
 @runtime_checkable

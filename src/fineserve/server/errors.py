@@ -6,7 +6,7 @@
 | 404    | not_found_error       | unknown model or route                           |
 | 413    | invalid_request_error | body too large, prompt longer than the context   |
 | 429    | rate_limit_error      | a model's queue is full (Retry-After set)        |
-| 503    | service_unavailable   | shutting down (Retry-After set)                  |
+| 503    | service_unavailable   | shutting down, no live replica, replica lost     |
 | 500    | server_error          | the engine failed                                |
 """
 
@@ -26,19 +26,6 @@ TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
-}
-BACKEND_STATUS = {
-    "invalid": 400,
-    "too_large": 413,
-    "unknown_model": 404,
-    "queue_full": 429,
-    "unavailable": 503,
-}
-BACKEND_CODES = {
-    "too_large": "context_length_exceeded",
-    "unknown_model": "model_not_found",
-    "queue_full": "queue_full",
-    "unavailable": "shutting_down",
 }
 
 
@@ -71,16 +58,15 @@ class APIError(Exception):
 
     @classmethod
     def from_backend(cls, exc: BackendError, param: str | None = None) -> APIError:
-        status = BACKEND_STATUS.get(exc.kind, 400)
         return cls(
-            status,
+            exc.status,
             str(exc),
             param=param
             if exc.kind in ("invalid", "too_large")
             else "model"
             if exc.kind == "unknown_model"
             else None,
-            code=BACKEND_CODES.get(exc.kind),
+            code=exc.code,
             retry_after_s=exc.retry_after_s,
         )
 

@@ -5,7 +5,9 @@
   (which is never returned); text that might begin a stop string is held back until it cannot;
 - when a stop string matches, the backend stream is closed at once, which aborts the request
   and frees its pages; the finish reason is "stop";
-- `completion_tokens` counts every token the backend produced for this request.
+- `completion_tokens` counts every token the backend produced for this request;
+- a `BackendError` raised by the backend stream (a lost replica: 503) leaves as the matching
+  `APIError`, so the API answers it with its status, or as a final SSE error event.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from fineserve.server.backend import Backend, Delta, ModelInfo, SamplingOptions, TokenLogprob
+from fineserve.server.backend import (
+    Backend,
+    BackendError,
+    Delta,
+    ModelInfo,
+    SamplingOptions,
+    TokenLogprob,
+)
 from fineserve.server.codec import IncrementalDetokenizer
 from fineserve.server.errors import APIError
 
@@ -128,6 +137,8 @@ class TextGeneration:
                     yield piece
                 if self.finish_reason is not None:
                     return
+        except BackendError as exc:
+            raise APIError.from_backend(exc) from None
         finally:
             if self.timing.finish is None:
                 self.timing.finish = time.monotonic()

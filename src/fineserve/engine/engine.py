@@ -2,8 +2,16 @@
 
 `begin_step(now) -> StepPlan`, then the executor runs the plan, then
 `finish_step(result, now) -> outputs`. `step()` does all three with the engine's own clock and
-executor. Invariants: steps strictly alternate begin/finish; outputs produced between steps
-(aborts, rejections) come out of the next `finish_step` (or `drain_outputs`).
+executor. Outputs produced between steps (aborts, rejections) come out of the next
+`finish_step` (or `drain_outputs`).
+
+Step lanes: `begin_step(now, models=frozenset({...}))` plans a step over only those models;
+several such plans may be in flight at once as long as their model sets are disjoint, and each
+is finished by `finish_step(result, now)`, matched by `result.step_id`. The KV arena, the
+allocator and the memory arbitration stay shared across every model; a request in a plan in
+flight is never preempted and an abort of one frees its pages when its plan finishes.
+`begin_step(now)` (no `models`) plans over every model and requires that no plan is in flight:
+the whole-device behaviour, which `step()` uses.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ class Engine:
         self.scheduler = scheduler
         self.executor = executor
         self.clock: Clock = clock if clock is not None else VirtualClock()
-        self._plan: StepPlan | None = None
+        self._plans: dict[int, StepPlan] = {}  # in flight, by step id
 
     def add_request(
         self,
@@ -54,17 +62,39 @@ class Engine:
         """End a request and free its pages; its final output comes with the next outputs."""
         return self.scheduler.abort(request_id)
 
-    def begin_step(self, now: float) -> StepPlan:
-        if self._plan is not None:
-            raise RuntimeError(f"step {self._plan.step_id} has not been finished")
-        self._plan = self.scheduler.schedule(now)
-        return self._plan
+    def begin_step(self, now: float, models: frozenset[str] | None = None) -> StepPlan:
+        """Plan a step over `models` (default: every model, with no plan in flight). Raises
+        `RuntimeError` when one of the models already has a plan in flight."""
+        if models is None and self._plans:
+            raise RuntimeError(f"step {min(self._plans)} has not been finished")
+        plan = self.scheduler.schedule(now, models)
+        self._plans[plan.step_id] = plan
+        return plan
 
     def finish_step(self, result: StepResult, now: float) -> list[RequestOutput]:
-        if self._plan is None:
+        """Apply the result of the plan with `result.step_id`; returns its outputs and every
+        output produced since the last `finish_step` (aborts, rejections)."""
+        if not self._plans:
             raise RuntimeError("finish_step without begin_step")
-        plan, self._plan = self._plan, None
+        plan = self._plans.get(result.step_id)
+        if plan is None:
+            raise ValueError(
+                f"result of step {result.step_id}, but steps {sorted(self._plans)} are in flight"
+            )
+        del self._plans[result.step_id]
         return self.scheduler.update(plan, result, now)
+
+    def in_flight(self) -> list[StepPlan]:
+        """Plans begun and not yet finished (several with step lanes)."""
+        return list(self._plans.values())
+
+    def busy_models(self) -> frozenset[str]:
+        """Models with a plan in flight."""
+        return self.scheduler.busy_models()
+
+    def idle_models(self) -> frozenset[str]:
+        """Models with no plan in flight (a lane over any subset of them may begin)."""
+        return frozenset(self.scheduler.models) - self.scheduler.busy_models()
 
     def step(self) -> list[RequestOutput]:
         """One full step on the engine's clock. An empty plan runs nothing and takes no time."""
@@ -80,11 +110,12 @@ class Engine:
         """Outputs produced outside a step (aborts, rejections), for an idle engine."""
         return self.scheduler.pending_outputs()
 
-    def has_work(self) -> bool:
-        return self.scheduler.has_work()
+    def has_work(self, models: frozenset[str] | None = None) -> bool:
+        """Unfinished requests (of `models`, default all) or outputs not yet collected."""
+        return self.scheduler.has_work(models)
 
-    def has_unfinished(self) -> bool:
-        return bool(self.scheduler.seqs)
+    def has_unfinished(self, models: frozenset[str] | None = None) -> bool:
+        return self.scheduler.has_unfinished(models)
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> list[RequestOutput]:
         """Step until no request is left (tests and offline runs); returns every output."""

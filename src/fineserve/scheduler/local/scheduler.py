@@ -24,7 +24,7 @@ from fineserve.scheduler.local.costs import CostModel
 from fineserve.scheduler.local.policies import Policy, PolicyContext, make_policy
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence, Status
-from fineserve.scheduler.local.state import SchedulerState, SchedulerStats
+from fineserve.scheduler.local.state import Lane, SchedulerState, SchedulerStats
 
 
 @dataclass
@@ -50,17 +50,39 @@ class LocalScheduler(SchedulerState):
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.predictor = Predictor(cost_model, self.models, self.config.token_budget)
         self._step_id = 0
+        self._all_models = frozenset(self.models)
+        self._all_lane = True  # the plan being built covers every model
 
     # -- planning ----------------------------------------------------------------------------
-    def schedule(self, now: float) -> StepPlan:
-        """Plan one step at time `now` (see the module docstring)."""
+    def schedule(self, now: float, models: frozenset[str] | None = None) -> StepPlan:
+        """Plan one step at time `now` over `models` (default: every model; see the module
+        docstring). Plans over disjoint model sets may be in flight at once (step lanes): each
+        is finished by `update` with its own step id. Raises `RuntimeError` if one of `models`
+        already has a plan in flight, `ValueError` for an unknown model."""
+        if models is None:
+            lane_models = self._all_models
+        else:
+            lane_models = frozenset(models)
+            unknown = lane_models - self._all_models
+            if unknown:
+                raise ValueError(f"unknown models {sorted(unknown)}; serving {sorted(self.models)}")
+        busy = [m for m in lane_models if m in self._busy]
+        if busy:
+            steps = sorted({self._busy[m].step_id for m in busy})
+            raise RuntimeError(f"models {sorted(busy)} are in step {steps}, not finished yet")
         self._step_id += 1
         self.stats.steps += 1
-        plan = StepPlan(step_id=self._step_id, now=now, released=self._released)
-        self._released = []
-        self._decode_seqs = {}
+        lane = Lane(self._step_id, lane_models)
+        released: list[str] = []
+        names = [m for m in self.models if m in lane_models]
+        for m in names:
+            if self._released[m]:
+                released += self._released[m]
+                self._released[m] = []
+        plan = StepPlan(step_id=self._step_id, now=now, released=released)
         builds = {
-            m: _Build(ModelBatch(m, s.key), ModelBatch(m, s.key)) for m, s in self.models.items()
+            m: _Build(ModelBatch(m, self.models[m].key), ModelBatch(m, self.models[m].key))
+            for m in names
         }
         ctx = PolicyContext(
             now,
@@ -70,33 +92,44 @@ class LocalScheduler(SchedulerState):
             self.config.unmeetable,
             can_start=self._can_start,
         )
-        scheduled: set[str] = set()
-        budget = self._schedule_decodes(plan, builds, scheduled, ctx)
-        self._schedule_prefills(plan, builds, scheduled, ctx, budget)
+        self._all_lane = len(names) == len(self.models)
+        budget = self._schedule_decodes(plan, builds, lane, ctx)
+        self._schedule_prefills(plan, builds, lane, ctx, budget)
         for build in builds.values():
             batch = _merge(build)
             if batch.request_ids:
                 plan.batches.append(batch)
-        self._in_flight = scheduled
+        self._lanes[lane.step_id] = lane
+        for m in lane_models:
+            self._busy[m] = lane
         return plan
 
-    def _model_order(self, now: float) -> list[str]:
-        """Models by SLO slack: the earliest TTFT deadline among their prefills first."""
-        urgent = {m: float("inf") for m in self.models}
+    def _model_order(self, lane: Lane) -> list[str]:
+        """The lane's models by SLO slack: the earliest TTFT deadline among their prefills
+        first."""
+        urgent = {m: float("inf") for m in self.models if m in lane.models}
         for seq in self._prefill_candidates():
-            urgent[seq.model] = min(urgent[seq.model], seq.deadline_s)
-        return sorted(self.models, key=lambda m: urgent[m])
+            if seq.model in urgent:
+                urgent[seq.model] = min(urgent[seq.model], seq.deadline_s)
+        return sorted(urgent, key=lambda m: urgent[m])
 
     def _prefill_candidates(self) -> Iterator[Sequence]:
         yield from self.waiting.values()
         yield from self.prefilling.values()
 
+    def _lane_candidates(self, lane: Lane) -> list[Sequence]:
+        """Waiting and prefilling sequences of the lane's models, in queue order."""
+        if self._all_lane:
+            return list(self._prefill_candidates())
+        models = lane.models
+        return [s for s in self._prefill_candidates() if s.model in models]
+
     def _schedule_decodes(
-        self, plan: StepPlan, builds: dict[str, _Build], scheduled: set[str], ctx: PolicyContext
+        self, plan: StepPlan, builds: dict[str, _Build], lane: Lane, ctx: PolicyContext
     ) -> int:
         """Add the decodes the policy allows; returns the token budget left for prefill."""
         budget = self.config.token_budget
-        for name in self._model_order(ctx.now):
+        for name in self._model_order(lane):
             running = list(self.decoding[name].values())
             if not running:
                 continue
@@ -104,7 +137,7 @@ class LocalScheduler(SchedulerState):
             if limit < len(running):  # longest-waiting first, so no decode starves
                 running = sorted(running, key=lambda s: s.last_token_s or 0.0)[:limit]
             batch = builds[name].decode
-            budget -= self._add_decodes(batch, running, plan, scheduled, ctx.now)
+            budget -= self._add_decodes(batch, running, plan, lane, ctx.now)
             ctx.decodes[name] = batch.positions
         return max(budget, 0)
 
@@ -113,20 +146,20 @@ class LocalScheduler(SchedulerState):
         batch: ModelBatch,
         running: list[Sequence],
         plan: StepPlan,
-        scheduled: set[str],
+        lane: Lane,
         now: float,
     ) -> int:
         """Fill the (empty) decode `batch` with `running`, first growing the page tables of
         those whose KV fills its last page; returns how many run. Hot path: column-wise."""
         t = self.pages.tokens_per_page[batch.model]
         full = [s for s in running if s.num_computed >= len(s.pages) * t]
-        if full and not self._grant_one_each(full, plan, scheduled, now):
+        if full and not self._grant_one_each(full, plan, lane.scheduled, now):
             running = [
                 s
                 for s in running
                 if s.status is Status.RUNNING and s.num_computed < len(s.pages) * t
             ]
-        self._decode_seqs[batch.model] = running
+        lane.decode_seqs[batch.model] = running
         ids = [s.request_id for s in running]
         batch.request_ids = ids
         batch.token_ids = [s.tokens[-1:] for s in running]
@@ -135,7 +168,7 @@ class LocalScheduler(SchedulerState):
         batch.samples = [True] * len(ids)
         batch.sampling = [s.sampling for s in running]
         batch.output_index = [len(s.tokens) - 1 - s.num_prompt for s in running]
-        scheduled.update(ids)
+        lane.scheduled.update(ids)
         return len(ids)
 
     def _grant_one_each(
@@ -160,12 +193,13 @@ class LocalScheduler(SchedulerState):
         self,
         plan: StepPlan,
         builds: dict[str, _Build],
-        scheduled: set[str],
+        lane: Lane,
         ctx: PolicyContext,
         budget: int,
     ) -> None:
         """Prefill chunks in the policy's order until the token budget is spent."""
-        admission = self.policy.admit(list(self._prefill_candidates()), ctx)
+        scheduled = lane.scheduled
+        admission = self.policy.admit(self._lane_candidates(lane), ctx)
         for seq in admission.rejected:
             self.stats.rejected += 1
             self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
@@ -239,9 +273,15 @@ class LocalScheduler(SchedulerState):
     ) -> bool:
         """Pages for a running sequence, preempting unscheduled running ones if needed."""
 
-        def others() -> Iterator[Sequence]:
+        busy = self._busy
+
+        def others() -> Iterator[Sequence]:  # never one in this plan or in a plan in flight
             for s in self._running():
-                if s.request_id not in scheduled:
+                rid = s.request_id
+                if rid in scheduled:
+                    continue
+                other = busy.get(s.model)
+                if other is None or rid not in other.scheduled:
                     yield s
 
         def preempt(victim: Sequence) -> None:

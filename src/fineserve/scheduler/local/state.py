@@ -7,7 +7,9 @@ Invariants:
 - Every sequence is in exactly one of `waiting` (no pages), `prefilling` or `decoding`
   (holding pages), or it has finished, holds no pages and is forgotten.
 - While a plan is in flight its sequences' pages are not freed (an abort of one of them takes
-  effect in `update`).
+  effect in `update`), and none of them is preempted.
+- Several plans may be in flight at once (step lanes), each over a disjoint set of models:
+  `_lanes` maps a plan's step id to its `Lane`, `_busy` each model with a plan in flight to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.scheduler.local.memory import PageBroker
 from fineserve.scheduler.local.sequence import Sequence, Status
+
+
+class Lane:
+    """A plan in flight: its models, the requests it runs, and its decodes by model."""
+
+    __slots__ = ("decode_seqs", "models", "scheduled", "step_id")
+
+    def __init__(self, step_id: int, models: frozenset[str]) -> None:
+        self.step_id = step_id
+        self.models = models
+        self.scheduled: set[str] = set()
+        self.decode_seqs: dict[str, list[Sequence]] = {}
 
 
 @dataclass
@@ -56,10 +70,11 @@ class SchedulerState:
         self.prefilling: dict[str, Sequence] = {}
         self.decoding: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
         self.stats = SchedulerStats()
-        self._in_flight: set[str] = set()
-        self._decode_seqs: dict[str, list[Sequence]] = {}  # decodes of the plan in flight
-        self._released: list[str] = []
+        self._lanes: dict[int, Lane] = {}  # plans in flight by step id
+        self._busy: dict[str, Lane] = {}  # model -> the plan in flight over it
+        self._released: dict[str, list[str]] = {m: [] for m in self.models}
         self._outputs: list[RequestOutput] = []
+        self._unfinished: dict[str, int] = {m: 0 for m in self.models}
 
     # -- submission ------------------------------------------------------------------------
     def add_request(
@@ -100,6 +115,7 @@ class SchedulerState:
         )
         self.seqs[request_id] = seq
         self.waiting[request_id] = seq
+        self._unfinished[model] += 1
         return seq
 
     def abort(self, request_id: str) -> bool:
@@ -109,7 +125,7 @@ class SchedulerState:
         if seq is None or seq.status is Status.FINISHED or seq.finish_reason is not None:
             return False
         self.stats.aborted += 1
-        if request_id in self._in_flight:
+        if self.in_flight(seq):
             seq.finish_reason = "abort"
         else:
             self._finish(seq, "abort")
@@ -120,13 +136,19 @@ class SchedulerState:
         """Apply a step's result at time `now`; returns every output since the last update."""
         if result.step_id != plan.step_id:
             raise ValueError(f"result of step {result.step_id} given for step {plan.step_id}")
+        lane = self._lanes.pop(plan.step_id, None)
+        if lane is None:
+            raise ValueError(f"step {plan.step_id} is not in flight")
+        for m in lane.models:
+            del self._busy[m]
+        decode_seqs = lane.decode_seqs
         tokens, stopped, out = result.tokens, result.stopped, self._outputs
         for batch in plan.batches:
             n, model = batch.num_prefills, batch.model
             for i in range(n):
                 self._apply(batch, i, batch.request_ids[i], result, now)
             max_len = self.models[model].max_model_len
-            for seq in self._decode_seqs.get(model, ()):  # hot path: one token fed, one sampled
+            for seq in decode_seqs.get(model, ()):  # hot path: one token fed, one sampled
                 rid = seq.request_id
                 if seq.finish_reason is not None or rid in stopped:
                     self._apply(batch, batch.request_ids.index(rid), rid, result, now)
@@ -145,7 +167,6 @@ class SchedulerState:
                     self._apply_end(seq, token)
                 else:
                     out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
-        self._in_flight = set()
         outputs, self._outputs = self._outputs, []
         return outputs
 
@@ -192,11 +213,12 @@ class SchedulerState:
         self.prefilling.pop(rid, None)
         self.decoding[seq.model].pop(rid, None)
         del self.seqs[rid]
+        self._unfinished[seq.model] -= 1
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         if reason not in ("abort", "rejected"):
             self.stats.finished += 1
-        self._released.append(rid)
+        self._released[seq.model].append(rid)
         self._outputs.append(
             RequestOutput(
                 rid,
@@ -210,8 +232,28 @@ class SchedulerState:
         )
 
     # -- queries -----------------------------------------------------------------------------
-    def has_work(self) -> bool:
-        return bool(self.seqs) or bool(self._outputs)
+    def in_flight(self, seq: Sequence) -> bool:
+        """Whether `seq` is in a plan being executed (its pages are read: never freed now)."""
+        lane = self._busy.get(seq.model)
+        return lane is not None and seq.request_id in lane.scheduled
+
+    def busy_models(self) -> frozenset[str]:
+        """Models with a plan in flight."""
+        return frozenset(self._busy)
+
+    def has_work(self, models: frozenset[str] | None = None) -> bool:
+        """Unfinished requests (of `models`, default all) or outputs not yet collected."""
+        if self._outputs:
+            return True
+        if models is None:
+            return bool(self.seqs)
+        return any(self._unfinished[m] for m in models)
+
+    def has_unfinished(self, models: frozenset[str] | None = None) -> bool:
+        """Unfinished requests (of `models`, default all)."""
+        if models is None:
+            return bool(self.seqs)
+        return any(self._unfinished[m] for m in models)
 
     def num_running(self, model: str | None = None) -> int:
         if model is None:

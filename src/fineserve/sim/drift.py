@@ -43,6 +43,7 @@ class DriftConfig:
     copies_8b: int = 5
     seed: int = 0
     scheme: str = "fineserve"
+    drain_s: float = 120.0
 
     @staticmethod
     def quick() -> DriftConfig:
@@ -93,7 +94,7 @@ def drift_requests(
 def run_drift(
     cfg: DriftConfig, data_dir: Path | None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    from fineserve.sim.placement import policy_problem
+    from fineserve.sim.placement import feasible_problem, policy_problem
 
     say = progress or (lambda _: None)
     cost = make_cost_model("h100")
@@ -108,23 +109,31 @@ def run_drift(
     problem = policy_problem(models, cfg.num_gpus, GpuSpec(), cost, ref, out_mean)
     from fineserve.scheduler.placement.registry import place
 
+    # a model no option serves at its rate is planned at its feasible rate (the excess misses);
+    # one no option serves at any rate is left out (its requests fail): see `feasible_problem`
+    problem, caps, dropped = feasible_problem(problem)
+    for name, r in caps.items():
+        say(f"drift: {name} planned at {r:.2f} req/s (its initial rate is infeasible)")
     initial = place(problem, "fineserve")
     runs: dict[str, Any] = {}
     for mode in ("fixed", "replan"):
         t0 = perf_counter()
         sim = ClusterSim(models, _ours(initial, cfg.num_gpus), get_scheme(cfg.scheme), cost,
                          load_fitted_interference())  # fmt: skip
-        state = {"current": initial, "moves": 0}
+        state: dict[str, Any] = {"current": initial, "moves": 0, "capped": 0, "errors": 0}
         replan_fn = _replanner(sim, problem, state, cfg) if mode == "replan" else None
         times = np.arange(cfg.replan_every_s, cfg.duration_s, cfg.replan_every_s)
-        book = sim.run(reqs, cfg.duration_s + 120.0, list(times), replan_fn)
-        s = summarize(book.values(), cfg.duration_s + 120.0)
+        book = sim.run(reqs, cfg.duration_s + cfg.drain_s, list(times), replan_fn)
+        s = summarize(book.values(), cfg.duration_s + cfg.drain_s)
         runs[mode] = {"slo_attainment": s["slo_attainment"], "tokens_per_s": s["tokens_per_s"],
                       "goodput_rps": s["goodput_rps"], "moves": state["moves"],
+                      "capped_replans": state["capped"], "replan_errors": state["errors"],
+                      "unplaced": sorted(set(sim.unplaced) | set(dropped)),
                       "wall_s": perf_counter() - t0}  # fmt: skip
         say(f"drift {mode}: attainment {s['slo_attainment']:.3f}, moves {state['moves']}")
     return {"experiment": "drift", "duration_s": cfg.duration_s, "requests": len(reqs),
-            "replan_every_s": cfg.replan_every_s, "runs": runs, "points": []}  # fmt: skip
+            "replan_every_s": cfg.replan_every_s, "runs": runs, "points": [],
+            "capped_rates": caps, "dropped": list(dropped)}  # fmt: skip
 
 
 def _ours(placement: Any, num_gpus: int) -> Placement:
@@ -135,6 +144,7 @@ def _ours(placement: Any, num_gpus: int) -> Placement:
 
 def _replanner(sim: ClusterSim, problem: Any, state: dict[str, Any], cfg: DriftConfig) -> Any:
     from fineserve.scheduler.placement.replan import replan
+    from fineserve.sim.placement import capped_problem
 
     def fn(now: float) -> Placement | None:
         window = cfg.replan_every_s
@@ -142,8 +152,15 @@ def _replanner(sim: ClusterSim, problem: Any, state: dict[str, Any], cfg: DriftC
         for rec in sim.book.records.values():
             if rec.arrival_s >= now - window:
                 counts[rec.model] = counts.get(rec.model, 0) + 1
-        measured = {m: counts.get(m, 0) / window for m in sim.models}
-        proposal = replan(problem, state["current"], measured)
+        names = {m.name for m in problem.models}
+        measured = {m: counts.get(m, 0) / window for m in sim.models if m in names}
+        drifted, caps = capped_problem(problem.with_rates(measured))
+        state["capped"] += bool(caps)
+        try:
+            proposal = replan(problem, state["current"], {m.name: m.rate for m in drifted.models})
+        except ValueError:  # InfeasibleError and friends: keep the placement that runs
+            state["errors"] += 1
+            return None
         if not proposal.moves:
             return None
         state["current"] = proposal.after
@@ -158,6 +175,8 @@ def format_drift(doc: dict[str, Any]) -> str:
     for mode, r in doc["runs"].items():
         lines.append(
             f"{mode:<8} attainment {r['slo_attainment']:.3f}  tokens/s {r['tokens_per_s']:.0f}  "
-            f"goodput {r['goodput_rps']:.2f}/s  moves {r['moves']}  ({r['wall_s']:.0f} s wall)"
+            f"goodput {r['goodput_rps']:.2f}/s  moves {r['moves']}  capped replans "
+            f"{r.get('capped_replans', 0)}  unplaced {r.get('unplaced', [])}  "
+            f"({r['wall_s']:.0f} s wall)"
         )
     return "\n".join(lines)

@@ -153,6 +153,67 @@ def policy_problem(
     return PlacementProblem(demands, cluster, cost_model)  # type: ignore[arg-type]
 
 
+def capped_problem(problem: Any, iters: int = 24) -> tuple[Any, dict[str, float]]:
+    """`problem` with every model's rate capped at what its options can serve within SLO.
+
+    A model the sizer finds infeasible at its rate (`InfeasibleError`: even its most replicas
+    cannot sustain the rate within the SLO) is planned at the largest rate that is feasible
+    (bisection, to 1/2**iters of its rate); its requests still arrive at the real rate and are
+    served best effort, so the excess shows up as SLO misses, never as a crash. A model that
+    is infeasible at any rate (memory, prefill > TTFT SLO) is planned at rate 0 here and left
+    out by `drop_infeasible`. Returns the capped problem and {model: planned rate} for the
+    capped models only.
+    """
+    from fineserve.scheduler.placement.problem import InfeasibleError
+    from fineserve.scheduler.placement.sizing import Sizer
+
+    sizer = Sizer(problem)
+    caps: dict[str, float] = {}
+    for m in problem.models:
+        try:
+            sizer.options(m)
+            continue
+        except InfeasibleError:
+            pass
+        lo, hi = 0.0, m.rate
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            trial = Sizer(problem.with_rates({m.name: mid}))
+            try:
+                trial.options(trial.model(m.name))
+                lo = mid
+            except InfeasibleError:
+                hi = mid
+        caps[m.name] = lo
+    return (problem.with_rates(caps) if caps else problem), caps
+
+
+def drop_infeasible(problem: Any) -> tuple[Any, tuple[str, ...]]:
+    """`problem` without the models no option can serve at any rate (and their names)."""
+    from fineserve.scheduler.placement.problem import InfeasibleError, PlacementProblem
+    from fineserve.scheduler.placement.sizing import Sizer
+
+    sizer = Sizer(problem.with_rates({m.name: 0.0 for m in problem.models}))
+    keep, dropped = [], []
+    for m in problem.models:
+        try:
+            sizer.options(sizer.model(m.name))
+            keep.append(m)
+        except InfeasibleError:
+            dropped.append(m.name)
+    if not dropped:
+        return problem, ()
+    out = PlacementProblem(tuple(keep), problem.cluster, problem.cost_model, problem.options)
+    return out, tuple(dropped)
+
+
+def feasible_problem(problem: Any) -> tuple[Any, dict[str, float], tuple[str, ...]]:
+    """`capped_problem` then `drop_infeasible`: (problem, capped rates, dropped models)."""
+    capped, caps = capped_problem(problem)
+    out, dropped = drop_infeasible(capped)
+    return out, {k: v for k, v in caps.items() if k not in dropped}, dropped
+
+
 def from_policy(result: Any, num_gpus: int, gpus_per_node: int = 8) -> Placement:
     """Our `Placement` from a `scheduler.placement.Placement` (GPU "n{n}g{g}" -> n*8+g)."""
     if num_gpus % gpus_per_node:
@@ -177,10 +238,12 @@ def policy_placement(
     prompt_len: int,
     output_len: int,
 ) -> tuple[Placement, tuple[str, ...]]:
-    """Place with `fineserve.scheduler.placement` policy `policy`; returns the placement and
-    the models it left unplaced."""
+    """Place with `fineserve.scheduler.placement` policy `policy` (rates capped at what each
+    model can be served at, see `feasible_problem`); returns the placement and the models it
+    left unplaced."""
     from fineserve.scheduler.placement.registry import place
 
     problem = policy_problem(models, num_gpus, gpu, cost_model, prompt_len, output_len)
+    problem, _, dropped = feasible_problem(problem)
     result = place(problem, policy)
-    return from_policy(result, num_gpus), tuple(result.unplaced)
+    return from_policy(result, num_gpus), (*dropped, *result.unplaced)

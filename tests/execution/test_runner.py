@@ -60,7 +60,7 @@ def test_runner_rejects_kv_format_of_another_shape(runner: ModelRunner) -> None:
 
 def test_backend_registry() -> None:
     registry = default_backends()
-    assert registry.names() == ["torch"]
+    assert registry.names() == ["cpu", "torch"]
     assert registry.create("torch").name == "torch"
     with pytest.raises(ValueError, match="unknown attention backend 'cuda'"):
         registry.create("cuda")

@@ -126,6 +126,9 @@ class BackendRegistry:
 
 
 def default_backends() -> BackendRegistry:
+    from fineserve.execution.fast_attention import CpuFastBackend
+
     registry = BackendRegistry()
     registry.register("torch", TorchReferenceBackend)
+    registry.register("cpu", CpuFastBackend)
     return registry

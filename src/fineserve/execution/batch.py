@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -67,6 +68,8 @@ class AttentionMetadata:
     prefills: list[PrefillSeq]
     tokens_per_page: int
     _masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
+    # Per-step plans of attention backends (built on the first layer, reused by the others).
+    plans: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:

@@ -10,12 +10,16 @@ from typing import Any
 
 import torch
 
+from fineserve.execution.attention import default_backends
 from fineserve.execution.kv_views import KVCache
 from fineserve.execution.loader import LoadedModel, load_model
 from fineserve.execution.runner import ModelRunner
 from fineserve.execution.sampling import Sampler
 from fineserve.memory.allocator import KVAllocator
 from fineserve.memory.formats import KVDtype, KVFormat
+
+# The fast CPU path; "torch" is the reference it is tested against.
+DEFAULT_ATTENTION_BACKEND = "cpu"
 
 _MODEL_KV = {torch.float32: KVDtype.FP32, torch.float16: KVDtype.FP16, torch.bfloat16: KVDtype.BF16}
 _KV_NAMES = {
@@ -54,14 +58,22 @@ class ModelInstance:
         self._seed = seed
         self._runner: ModelRunner | None = None
 
-    def attach(self, arena: torch.Tensor, allocator: KVAllocator, name: str) -> None:
-        """Build KV views over `arena` for the page ids `allocator` gives model `name`."""
+    def attach(
+        self,
+        arena: torch.Tensor,
+        allocator: KVAllocator,
+        name: str,
+        attention_backend: str = DEFAULT_ATTENTION_BACKEND,
+    ) -> None:
+        """Build KV views over `arena` for the page ids `allocator` gives model `name`;
+        attention runs on the named backend of `default_backends()`."""
         fmt = allocator.page_format(name)
         kv = KVCache(
             arena, fmt, allocator.page_stride(name), allocator.num_page_ids(name),
             self.loaded.kv_scales,
         )  # fmt: skip
-        self._runner = ModelRunner(self.loaded.model, kv, sampler=Sampler(self._seed))
+        backend = default_backends().create(attention_backend)
+        self._runner = ModelRunner(self.loaded.model, kv, backend, Sampler(self._seed))
 
     @property
     def runner(self) -> ModelRunner:

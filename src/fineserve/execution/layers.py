@@ -86,14 +86,22 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         n = x.shape[0]
-        q, k, v = self.qkv(x)
-        q = q.reshape(n, self.num_heads, self.head_dim)
-        k = k.reshape(n, self.num_kv_heads, self.head_dim)
-        v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q, ctx.cos, ctx.sin)
-        k = apply_rotary(k, ctx.cos, ctx.sin)
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        fused = self.qkv.fused
+        if fused is not None and self.q_norm is None:
+            # One fused output [N, Hq + 2 Hkv, D]: RoPE on the q and k heads in one pass.
+            y = fused(x).view(n, hq + 2 * hkv, d)
+            qk = apply_rotary(y[:, : hq + hkv], ctx.cos, ctx.sin)
+            q, k, v = qk[:, :hq], qk[:, hq:], y[:, hq + hkv :]
+        else:
+            q, k, v = self.qkv(x)
+            q = q.reshape(n, hq, d)
+            k = k.reshape(n, hkv, d)
+            v = v.reshape(n, hkv, d)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q = apply_rotary(q, ctx.cos, ctx.sin)
+            k = apply_rotary(k, ctx.cos, ctx.sin)
         layer_kv = ctx.kv.layer(self.layer_idx)
         layer_kv.write(k, v, ctx.meta.slot_pages, ctx.meta.slot_offsets)
         out = ctx.backend.forward(q, layer_kv, ctx.meta, self.scale, self.window)

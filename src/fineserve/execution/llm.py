@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 
-from fineserve.execution.instance import ModelInstance, load_instance
+from fineserve.execution.instance import (
+    DEFAULT_ATTENTION_BACKEND,
+    ModelInstance,
+    load_instance,
+)
 from fineserve.execution.offline import OfflineScheduler, SeqState
 from fineserve.execution.sampling import SampleResult, SamplingParams, find_stop
 from fineserve.memory.allocator import ModelKV
@@ -40,7 +44,9 @@ class RequestOutput:
 
 
 class LLM:
-    """Models sharing one arena. `kv_dtype` / `dtype`: one value for all, or per model name."""
+    """Models sharing one arena. `kv_dtype` / `dtype`: one value for all, or per model name.
+    `attention_backend`: a name from `attention.default_backends()` ("cpu": the fast CPU path,
+    "torch": the reference)."""
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class LLM:
         max_seqs: int = 64,
         scheme: str = "slab",
         seed: int | None = None,
+        attention_backend: str = DEFAULT_ATTENTION_BACKEND,
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': 'path'}")
@@ -67,7 +74,7 @@ class LLM:
         self.arena = torch.zeros(arena_bytes, dtype=torch.uint8)
         self.instances: dict[str, ModelInstance] = {}
         for name, inst in loaded.items():
-            inst.attach(self.arena, self.allocator, name)
+            inst.attach(self.arena, self.allocator, name, attention_backend)
             self.instances[name] = inst
         self.max_batched_tokens = max_batched_tokens
         self.max_seqs = max_seqs

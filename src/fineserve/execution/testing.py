@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import transformers
 
+from fineserve.execution.attention import default_backends
 from fineserve.execution.batch import SeqChunk
 from fineserve.execution.kv_views import KVCache
 from fineserve.execution.loader import LoadedModel, load_model
@@ -73,6 +74,7 @@ def make_runner(
     tokens_per_page: int = 4,
     num_pages: int = 256,
     arena: torch.Tensor | None = None,
+    backend: str = "torch",
 ) -> ModelRunner:
     cfg = loaded.config
     default = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -86,7 +88,7 @@ def make_runner(
     if arena is None:
         arena = torch.zeros(fmt.page_bytes * num_pages, dtype=torch.uint8)
     kv = KVCache(arena, fmt, fmt.page_bytes, arena.numel() // fmt.page_bytes, loaded.kv_scales)
-    return ModelRunner(loaded.model, kv)
+    return ModelRunner(loaded.model, kv, default_backends().create(backend))
 
 
 def run_greedy(

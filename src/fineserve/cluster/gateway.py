@@ -72,9 +72,15 @@ class _Slot:
 class Gateway:
     """Routes requests over workers (see the module docstring). Use from one event loop."""
 
-    def __init__(self, workers: Sequence[Worker], health_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        health_interval_s: float = 1.0,
+        ping_timeout_s: float = 5.0,
+    ) -> None:
         self._slots = {w.name: _Slot(w) for w in workers}
         self.health_interval_s = health_interval_s
+        self.ping_timeout_s = ping_timeout_s
         self._health_task: asyncio.Task[None] | None = None
         self._owner: dict[str, str] = {}  # request id -> worker name
         self._model_of: dict[str, str] = {}  # request id -> model
@@ -107,7 +113,7 @@ class Gateway:
 
     async def _ping(self, slot: _Slot) -> bool:
         try:
-            return bool(await asyncio.wait_for(slot.worker.ping(), timeout=5.0))
+            return bool(await asyncio.wait_for(slot.worker.ping(), timeout=self.ping_timeout_s))
         except Exception:
             return False
 

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend", default="inprocess", metavar="|".join(BACKENDS), help="(default inprocess)"
     )
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster (--backend ray)")
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=1.0,
+        help="seconds between worker pings (--placement)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=None, help="seconds (default 30)")
     parser.add_argument("--log-level", default="info")
 
@@ -120,6 +126,8 @@ def _check_backend(args: argparse.Namespace) -> None:
         raise CliError("--placement names the models: drop --model/--config")
     if args.ray_address and args.backend != "ray":
         raise CliError("--ray-address needs --backend ray")
+    if not args.health_interval > 0:
+        raise CliError("--health-interval must be > 0")
 
 
 def placement_backend(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
@@ -145,6 +153,7 @@ def placement_backend(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
             backend="ray" if args.backend == "ray" else "inprocess",
             kind="sim" if sim else "torch",
             base=config,
+            health_interval_s=args.health_interval,
         )
         gateway.models()  # every worker's engine is up (Ray: loaded in parallel)
     except (ValueError, OSError, RuntimeError) as exc:

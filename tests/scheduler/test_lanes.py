@@ -196,3 +196,38 @@ def test_abort_while_its_lane_is_in_flight_frees_pages_when_it_finishes(h: Modul
     engine.finish_step(engine.executor.execute(engine.in_flight()[0]), engine.clock.now())
     engine.run_until_idle()
     h.assert_no_pages(engine)
+
+
+def test_non_streaming_requests_get_first_and_final_outputs_only(h: ModuleType) -> None:
+    def load(engine: Engine, stream: bool) -> None:
+        for i in range(6):
+            engine.add_request(f"r{i}", "ab"[i % 2], [i + 1] * 30, max_tokens=20 + i, stream=stream)
+
+    def timed(engine: Engine) -> list[tuple[float, RequestOutput]]:
+        outs = []
+        while engine.has_work():
+            step = engine.step()
+            outs += [(engine.clock.now(), o) for o in step]
+        return outs
+
+    streaming, quiet = h.make_engine(h.two_models()), h.make_engine(h.two_models())
+    load(streaming, True)
+    load(quiet, False)
+    ref, got = timed(streaming), timed(quiet)
+    assert tokens(got) == tokens(ref)
+    for rid in tokens(ref):
+        mine = [(t, o) for t, o in got if o.request_id == rid]
+        theirs = [(t, o) for t, o in ref if o.request_id == rid]
+        assert len(mine) == 2 and len(mine[0][1].token_ids) == 1  # first token, then the rest
+        assert mine[0][0] == theirs[0][0] and mine[-1][0] == theirs[-1][0]  # TTFT, end time
+        last, ref_last = mine[-1][1], theirs[-1][1]
+        assert last.finished and last.num_output_tokens == ref_last.num_output_tokens
+    # an abort delivers the tokens not delivered yet
+    engine = h.make_engine(h.two_models())
+    engine.add_request("x", "a", [1] * 10, max_tokens=50, stream=False)
+    outs = [o for _ in range(5) for o in engine.step()]
+    assert engine.abort("x")
+    outs += engine.drain_outputs()
+    assert [len(o.token_ids) for o in outs] == [1, 4] and outs[-1].finish_reason == "abort"
+    assert h.tokens_of(outs) == [token_stream("x", p) for p in range(10, 15)]
+    h.assert_no_pages(engine)

@@ -52,3 +52,8 @@ def test_scheduler_overhead_measurement_runs_256_sequences() -> None:
     overhead = measure_sched_us("saab", sequences=256, models=4, steps=20)
     assert overhead.sequences == 256
     assert overhead.us_per_step > 0 and overhead.plan_us > 0 and overhead.update_us > 0
+
+
+def test_scheduler_overhead_measurement_with_streaming_outputs() -> None:
+    overhead = measure_sched_us("fcfs", sequences=64, models=2, steps=10, stream=True)
+    assert overhead.sequences == 64 and overhead.update_us > 0

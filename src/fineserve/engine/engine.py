@@ -45,9 +45,12 @@ class Engine:
         sampling: object = None,
         stop_token_ids: Seqs[int] = (),
         arrival_s: float | None = None,
+        stream: bool = True,
     ) -> None:
         """Queue a request (arrival = now unless given); `InvalidRequestError` if it can never
-        be served, leaving every other request untouched."""
+        be served, leaving every other request untouched. `stream=False`: no output per token,
+        only one with the first token and the final one with every token since (the request's
+        TTFT, length and end time stay exact; per-token times are not reported)."""
         self.scheduler.add_request(
             request_id,
             model,
@@ -56,6 +59,7 @@ class Engine:
             self.clock.now() if arrival_s is None else arrival_s,
             sampling=sampling,
             stop_token_ids=frozenset(stop_token_ids),
+            stream=stream,
         )
 
     def abort(self, request_id: str) -> bool:

@@ -4,6 +4,9 @@
 co-located models (FP16, FP8, INT4 and FP16 KV of a Llama-3.1-8B shape in a large slab arena),
 then times `begin_step` + `finish_step` (scheduler, allocator and output bookkeeping; the
 executor's own time excluded) over `steps` steps and returns the median in microseconds.
+`stream=False` (default: scheduler and allocator only, the simulator's and offline runs' path)
+submits requests that emit only their first and final outputs; `stream=True` adds one
+`RequestOutput` per token per sequence (what the server's streams get, about 0.5 us each).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def measure_sched_us(
     models: int = 4,
     steps: int = 200,
     cost_model: CostModel | None = None,
+    stream: bool = False,
 ) -> Overhead:
     cost = cost_model or LinearCostModel()
     specs = [
@@ -57,7 +61,7 @@ def measure_sched_us(
         clock=VirtualClock(),
     )
     for i in range(sequences):
-        engine.add_request(f"r{i}", f"m{i % models}", [1] * 128, max_tokens=1 << 30)
+        engine.add_request(f"r{i}", f"m{i % models}", [1] * 128, max_tokens=1 << 30, stream=stream)
     while engine.scheduler.waiting or engine.scheduler.prefilling:
         engine.step()
     clock, executor = engine.clock, engine.executor

@@ -163,11 +163,11 @@ class LocalScheduler(SchedulerState):
         ids = [s.request_id for s in running]
         batch.request_ids = ids
         batch.token_ids = [s.tokens[-1:] for s in running]
-        batch.positions = [s.num_computed for s in running]
+        batch.positions = positions = [s.num_computed for s in running]
         batch.page_tables = [s.pages for s in running]
         batch.samples = [True] * len(ids)
         batch.sampling = [s.sampling for s in running]
-        batch.output_index = [len(s.tokens) - 1 - s.num_prompt for s in running]
+        batch.output_index = [p - s.num_prompt for s, p in zip(running, positions, strict=True)]
         lane.scheduled.update(ids)
         return len(ids)
 
@@ -331,6 +331,11 @@ def _add(batch: ModelBatch, seq: Sequence, tokens: list[int], samples: bool) -> 
 def _merge(build: _Build) -> ModelBatch:
     """Prefill chunks first, then decodes (the `ModelBatch` invariant)."""
     p, d = build.prefill, build.decode
+    if not p.request_ids:
+        return d
+    if not d.request_ids:
+        p.num_prefills = len(p.request_ids)
+        return p
     return ModelBatch(
         p.model,
         p.key,

@@ -28,6 +28,8 @@ class Sequence:
         "arrival_s",
         "best_effort",
         "deadline_s",
+        "delivered",
+        "end_len",
         "finish_reason",
         "first_token_s",
         "last_token_s",
@@ -42,6 +44,7 @@ class Sequence:
         "sampling",
         "status",
         "stop_token_ids",
+        "stream",
         "tokens",
     )
 
@@ -55,6 +58,8 @@ class Sequence:
         ttft_slo_s: float | None = None,
         sampling: Any = None,
         stop_token_ids: frozenset[int] = frozenset(),
+        stream: bool = True,
+        max_model_len: int | None = None,
     ) -> None:
         self.request_id = request_id
         self.model = model
@@ -74,6 +79,10 @@ class Sequence:
         self.best_effort = False
         self.prefill_alone_s: float | None = None
         self.finish_reason: str | None = None
+        self.stream = stream  # an output per token (else: first token, then the rest at the end)
+        self.delivered = 0  # output tokens delivered so far (kept for stream=False only)
+        end = self.num_prompt + max_tokens  # it ends at this many tokens (max_tokens or context)
+        self.end_len = end if max_model_len is None else min(end, max_model_len)
 
     @property
     def num_output(self) -> int:

@@ -29,13 +29,14 @@ from fineserve.scheduler.local.sequence import Sequence, Status
 class Lane:
     """A plan in flight: its models, the requests it runs, and its decodes by model."""
 
-    __slots__ = ("decode_seqs", "models", "scheduled", "step_id")
+    __slots__ = ("aborted", "decode_seqs", "models", "scheduled", "step_id")
 
     def __init__(self, step_id: int, models: frozenset[str]) -> None:
         self.step_id = step_id
         self.models = models
         self.scheduled: set[str] = set()
         self.decode_seqs: dict[str, list[Sequence]] = {}
+        self.aborted: set[str] = set()  # aborted while in flight: finished by `update`
 
 
 @dataclass
@@ -87,8 +88,12 @@ class SchedulerState:
         *,
         sampling: object = None,
         stop_token_ids: frozenset[int] = frozenset(),
+        stream: bool = True,
     ) -> Sequence:
-        """Queue a request, or raise `InvalidRequestError` leaving the scheduler unchanged."""
+        """Queue a request, or raise `InvalidRequestError` leaving the scheduler unchanged.
+
+        `stream`: one output per new token (default); False: an output with the first token,
+        then only the final one, carrying every token not yet delivered (cheaper per step)."""
         served = self.models.get(model)
         if served is None:
             raise InvalidRequestError(f"unknown model {model!r}; serving {sorted(self.models)}")
@@ -112,6 +117,8 @@ class SchedulerState:
             served.ttft_slo_s,
             sampling,
             stop_token_ids,
+            stream,
+            served.max_model_len,
         )
         self.seqs[request_id] = seq
         self.waiting[request_id] = seq
@@ -125,8 +132,10 @@ class SchedulerState:
         if seq is None or seq.status is Status.FINISHED or seq.finish_reason is not None:
             return False
         self.stats.aborted += 1
-        if self.in_flight(seq):
+        lane = self._busy.get(seq.model)
+        if lane is not None and request_id in lane.scheduled:
             seq.finish_reason = "abort"
+            lane.aborted.add(request_id)
         else:
             self._finish(seq, "abort")
         return True
@@ -142,15 +151,18 @@ class SchedulerState:
         for m in lane.models:
             del self._busy[m]
         decode_seqs = lane.decode_seqs
-        tokens, stopped, out = result.tokens, result.stopped, self._outputs
+        tokens, out = result.tokens, self._outputs
+        special = result.stopped | lane.aborted if lane.aborted else result.stopped
         for batch in plan.batches:
             n, model = batch.num_prefills, batch.model
             for i in range(n):
                 self._apply(batch, i, batch.request_ids[i], result, now)
-            max_len = self.models[model].max_model_len
-            for seq in decode_seqs.get(model, ()):  # hot path: one token fed, one sampled
+            seqs = decode_seqs.get(model)
+            if not seqs:
+                continue
+            for seq in seqs:  # hot path: one token fed, one sampled
                 rid = seq.request_id
-                if seq.finish_reason is not None or rid in stopped:
+                if special and rid in special:  # aborted meanwhile, or stopped by the executor
                     self._apply(batch, batch.request_ids.index(rid), rid, result, now)
                     continue
                 token = tokens[rid]
@@ -158,14 +170,10 @@ class SchedulerState:
                 seq_tokens = seq.tokens
                 seq_tokens.append(token)
                 seq.last_token_s = now
-                n_out = len(seq_tokens) - seq.num_prompt
-                if (
-                    n_out >= seq.max_tokens
-                    or token in seq.stop_token_ids
-                    or len(seq_tokens) >= max_len
-                ):
+                if len(seq_tokens) >= seq.end_len or token in seq.stop_token_ids:
                     self._apply_end(seq, token)
-                else:
+                elif seq.stream:
+                    n_out = len(seq_tokens) - seq.num_prompt
                     out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
         outputs, self._outputs = self._outputs, []
         return outputs
@@ -194,14 +202,17 @@ class SchedulerState:
         """Emit `token` for `seq`, ending it on a stop token, max_tokens or the context limit."""
         if token in seq.stop_token_ids:
             self._finish(seq, "stop", token=token)
-        elif seq.num_output >= seq.max_tokens or len(seq.tokens) >= (
-            self.models[seq.model].max_model_len
-        ):
+        elif len(seq.tokens) >= seq.end_len:
             self._finish(seq, "length", token=token)
-        else:
+        elif seq.stream:
             self._outputs.append(
                 RequestOutput(seq.request_id, seq.model, [token], num_output_tokens=seq.num_output)
             )
+        elif not seq.delivered:  # stream=False: the first token only (its time is the TTFT)
+            n = seq.num_output
+            ids = seq.tokens[seq.num_prompt :]
+            self._outputs.append(RequestOutput(seq.request_id, seq.model, ids, num_output_tokens=n))
+            seq.delivered = n
 
     def _finish(
         self, seq: Sequence, reason: str, error: str | None = None, token: int | None = None
@@ -219,11 +230,15 @@ class SchedulerState:
         if reason not in ("abort", "rejected"):
             self.stats.finished += 1
         self._released[seq.model].append(rid)
+        if seq.stream:
+            ids = [] if token is None else [token]
+        else:  # every token not delivered yet
+            ids = seq.tokens[seq.num_prompt + seq.delivered :]
         self._outputs.append(
             RequestOutput(
                 rid,
                 seq.model,
-                [] if token is None else [token],
+                ids,
                 finished=True,
                 finish_reason=reason,
                 error=error,

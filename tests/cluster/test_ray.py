@@ -118,7 +118,7 @@ def test_two_actors_three_models_kill_and_recover(placement_file: Path, ray_sess
             t.start()
         victim = gateway._slots["n0g0"].worker
         events: list[str] = []
-        with httpx.stream("POST", url, json=body("a", 200, stream=True), timeout=60) as r:
+        with httpx.stream("POST", url, json=body("a", 240, stream=True), timeout=60) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if line.startswith("data: "):

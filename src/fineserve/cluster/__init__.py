@@ -5,7 +5,9 @@
     gateway = build_gateway(load_placement_file("placement.yaml"), backend="ray")
     app = create_app(gateway)          # the gateway is a server `Backend`
 
-See docs/cluster.md. Importing this package does not import Ray or torch.
+`fineserve serve --placement FILE [--backend inprocess|ray]` does this (`cluster.serve` reads and
+checks the file for serving). See docs/cluster.md. Importing this package does not import Ray
+or torch.
 """
 
 from fineserve.cluster.deploy import BACKENDS, build_gateway, build_workers

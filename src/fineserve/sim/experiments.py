@@ -22,7 +22,7 @@ from fineserve.costmodel.table import load_fitted_interference
 from fineserve.engine.clock import perf_counter
 from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
 from fineserve.sim.loop import ClusterSim, SimRequest
-from fineserve.sim.placement import Placement, fixed_placement, policy_placement
+from fineserve.sim.placement import Placement, fill_unplaced, fixed_placement, policy_placement
 from fineserve.sim.schemes import SCHEMES, get_scheme
 from fineserve.sim.workload import (
     MUXSERVE_ALPHA,
@@ -77,7 +77,9 @@ def placement_for(
     mean_lengths: tuple[int, int],
 ) -> Placement:
     """The scheme's placement from `fineserve.scheduler.placement` (its policy, each model at
-    its catalogue TP); the built-in `fixed_placement` if that policy raises."""
+    its catalogue TP), with the models it leaves out placed best effort on leftover memory
+    (`fill_unplaced`, the same rule for every scheme); the built-in `fixed_placement` if that
+    policy raises."""
     spec = get_scheme(scheme)
     try:
         placement, _ = policy_placement(
@@ -85,7 +87,7 @@ def placement_for(
         )
     except ValueError:
         return fixed_placement(models, num_gpus, gpu, spec.placement_score)
-    return placement
+    return fill_unplaced(placement, models, gpu)[0]
 
 
 def run_scheme(

@@ -9,7 +9,13 @@ batch of its plan has finished on the group (see `device.py` for the interferenc
 starts its next step at once. Requests go to the instance of their model with the fewest
 unfinished requests (ties: first placed).
 
-Invariants: the clock never goes back; an engine has at most one plan in flight; every request
+With step lanes (`SchemeSpec.lanes`), a shared engine steps each co-located model in its own
+lane (`Engine.begin_step(now, models={m})`): each lane's batch is its own activity, started as
+soon as that lane is idle, so one model's long prefill does not hold back the others' decodes;
+the lanes still share the engine's KV arena and arbitration. An empty lane plan is finished at
+once and retried at the group's next event or the model's next arrival.
+
+Invariants: the clock never goes back; a lane has at most one plan in flight; every request
 has exactly one record; requests still unfinished at the horizon, and requests of models the
 placement left out, count as failed.
 """
@@ -46,20 +52,42 @@ class SimRequest:
 
 
 @dataclass(slots=True, eq=False)
+class SimLane:
+    """One step lane of an engine and its plan in flight: `models` None is the whole-engine
+    step (`begin_step(now)`), a set is an engine step lane (`begin_step(now, models)`)."""
+
+    eng: SimEngine
+    models: frozenset[str] | None
+    result: StepResult | None = None
+    left: int = 0
+
+
+@dataclass(slots=True, eq=False)
 class SimEngine:
-    """An engine on a GPU group, with its in-flight step."""
+    """An engine on a GPU group, with its lanes (one whole-engine lane, or one per model)."""
 
     engine: Engine
     group: GpuGroup
     allocator: KVAllocator
     models: list[str]
     map_cost_s: float = 0.0
-    result: StepResult | None = None
-    left: int = 0
     outstanding: int = 0
     map_seen: int = 0
     retired: bool = False
     gpus: frozenset[int] = frozenset()
+    lanes: list[SimLane] = field(default_factory=list)
+    lane_of: dict[str, SimLane] = field(default_factory=dict)
+
+    def make_lanes(self, per_model: bool) -> None:
+        """One lane per served model (`per_model`), else one whole-engine lane."""
+        if per_model and len(self.models) > 1:
+            self.lanes = [SimLane(self, frozenset({m})) for m in self.models]
+        else:
+            self.lanes = [SimLane(self, None)]
+        self.lane_of = {}
+        for lane in self.lanes:
+            for m in lane.models or self.models:
+                self.lane_of[m] = lane
 
 
 @dataclass
@@ -136,6 +164,7 @@ class ClusterSim:
             for engine, served in engines:
                 eng = SimEngine(engine, group, alloc, served, self.scheme.map_cost_s)
                 eng.gpus = frozenset(gpus)
+                eng.make_lanes(self.scheme.lanes)
                 self.engines.append(eng)
                 self._on_group[id(group)].append(eng)
                 for name in served:
@@ -208,27 +237,29 @@ class ClusterSim:
             return
         eng.outstanding += 1
         self._engine_of[req.request_id] = eng
-        if eng.result is None:
+        lane = eng.lane_of[req.model]
+        if lane.result is None:
             group = eng.group
             group.advance(t)
-            if self._start(eng, t):
+            if self._start(lane, t):
                 self._push(group)
 
-    def _start(self, eng: SimEngine, now: float) -> bool:
-        """Begin a step of an idle engine; True if it put work on its group."""
+    def _start(self, lane: SimLane, now: float) -> bool:
+        """Begin a step of an idle lane; True if it put work on its group."""
+        eng = lane.eng
         engine = eng.engine
-        plan: StepPlan = engine.begin_step(now)
+        plan: StepPlan = engine.begin_step(now, lane.models)
         if plan.empty:
             self._collect(eng, engine.finish_step(StepResult(plan.step_id, {}, 0.0), now), now)
             return False
         result, works = self.coster.run(plan)
         extra = self._map_cost(eng)
         self.stats.steps += 1
-        eng.result = result
-        eng.left = len(works)
+        lane.result = result
+        lane.left = len(works)
         group = eng.group
         for k, (work, frac) in enumerate(works):
-            group.add(Activity(work + (extra if k == 0 else 0.0), frac, eng, eng.gpus))
+            group.add(Activity(work + (extra if k == 0 else 0.0), frac, lane, eng.gpus))
         return True
 
     def _map_cost(self, eng: SimEngine) -> float:
@@ -242,16 +273,17 @@ class ClusterSim:
     def _complete(self, group: GpuGroup, now: float) -> None:
         group.advance(now)
         for act in group.pop_finished():
-            eng = act.owner
-            assert isinstance(eng, SimEngine)
-            eng.left -= 1
-            if eng.left == 0:
-                result, eng.result = eng.result, None
+            lane = act.owner
+            assert isinstance(lane, SimLane)
+            lane.left -= 1
+            if lane.left == 0:
+                result, lane.result = lane.result, None
                 assert result is not None
-                self._collect(eng, eng.engine.finish_step(result, now), now)
+                self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
         for eng in self._on_group[id(group)]:
-            if eng.result is None and eng.engine.has_work():
-                self._start(eng, now)
+            for lane in eng.lanes:
+                if lane.result is None and eng.engine.has_work(lane.models):
+                    self._start(lane, now)
         self._push(group)
 
     def _collect(self, eng: SimEngine, outputs: list, now: float) -> None:

@@ -124,6 +124,51 @@ def _best_gpu(
     return best
 
 
+def fill_unplaced(
+    placement: Placement,
+    models: Sequence[SimModel],
+    gpu: GpuSpec,
+    min_kv_bytes: int = 4 * GIB,
+    gpus_per_node: int = 8,
+) -> tuple[Placement, tuple[str, ...]]:
+    """Place, best effort, every model `placement` left out: busiest first, one instance at its
+    catalogue TP on the aligned GPU group where its weights leave the most KV memory per unit
+    of KV demand already there (at least `min_kv_bytes` per GPU). What an operator does with a
+    model the policy would not admit: serve it on the leftover memory rather than refuse all of
+    its requests. The same rule for every scheme. Returns the placement and the models that
+    still fit nowhere."""
+    by_name = {m.name: m for m in models}
+    placed = {i.model for i in placement.instances}
+    free = [gpu.usable_bytes] * placement.num_gpus
+    demand = [0.0] * placement.num_gpus
+    for inst in placement.instances:
+        m = by_name[inst.model]
+        for g in inst.gpus:
+            free[g] -= m.mtype.weight_bytes_per_gpu
+            demand[g] += m.rate * m.mtype.kv.bytes_per_token / inst.tp
+    instances, left = list(placement.instances), []
+    for m in sorted((m for m in models if m.name not in placed), key=lambda m: -m.rate):
+        tp, need = m.mtype.tp, m.mtype.weight_bytes_per_gpu
+        step = min(tp, gpus_per_node)
+        best, best_val = None, -1.0
+        for start in range(0, placement.num_gpus - tp + 1, step):
+            grp = tuple(range(start, start + tp))
+            room = min(free[g] for g in grp) - need
+            if room < min_kv_bytes:
+                continue
+            val = room / (1.0 + max(demand[g] for g in grp))
+            if val > best_val:
+                best, best_val = grp, val
+        if best is None:
+            left.append(m.name)
+            continue
+        for g in best:
+            free[g] -= need
+            demand[g] += m.rate * m.mtype.kv.bytes_per_token / tp
+        instances.append(PlacedInstance(m.name, best))
+    return Placement(tuple(instances), placement.num_gpus, placement.policy), tuple(left)
+
+
 def policy_problem(
     models: Sequence[SimModel],
     num_gpus: int,

@@ -18,6 +18,7 @@ from fineserve.memory.allocator import KVAllocator, ModelKV
 from fineserve.memory.registry import make_allocator
 from fineserve.memory.slab_size import choose_slab_bytes
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
+from fineserve.scheduler.local.policies import POLICIES, Policy
 from fineserve.scheduler.local.scheduler import LocalScheduler
 from fineserve.sim.catalog import SimModel
 from fineserve.sim.executor import LinearCostModel, SimExecutor
@@ -44,7 +45,13 @@ class SchemeSpec:
     floor_tokens: int = 4096
     map_cost_s: float = 0.0
     target_slabs: int = 128
+    lanes: bool = False
+    policy_options: tuple[tuple[str, object], ...] = ()
     summary: str = ""
+
+    def make_policy(self) -> Policy:
+        """The local policy, built with `policy_options` (keyword arguments)."""
+        return POLICIES[self.policy](**dict(self.policy_options))
 
 
 SCHEMES: Mapping[str, SchemeSpec] = {
@@ -61,12 +68,13 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         summary="per-model engines, 2 MiB pages mapped on demand, KV-pressure placement",
     ),
     "fineserve": SchemeSpec(
-        "fineserve", "slab", "saab", False, "mme",
-        summary="KV Slab, slab-aware (MME) placement, SAAB",
+        "fineserve", "slab", "saab", False, "mme", lanes=True,
+        summary="KV Slab, slab-aware (MME) placement, SAAB, one step lane per model",
     ),
     "fineserve_plus": SchemeSpec(
-        "fineserve_plus", "slab", "slack", False, "mme", reserve="floor",
-        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors",
+        "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
+        policy_options=(("tpot_budget", True),),
+        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes",
     ),
 }  # fmt: skip
 
@@ -130,10 +138,11 @@ def build_group_engines(
     engines = []
     for part in parts:
         # a shared engine runs its models' batches side by side: each keeps a full budget
-        budget = scheme.token_budget * len(part)
+        # (with lanes the budget applies to each lane's plan, one model each)
+        budget = scheme.token_budget * (1 if scheme.lanes else len(part))
         config = SchedulerConfig(token_budget=budget, max_running=scheme.max_running)
         scheduler = LocalScheduler(
-            [served_model(m) for m in part], allocator, cost_model, scheme.policy, config
+            [served_model(m) for m in part], allocator, cost_model, scheme.make_policy(), config
         )
         engine = Engine(scheduler, SimExecutor(cost_model or LinearCostModel()))
         engines.append((engine, [m.name for m in part]))

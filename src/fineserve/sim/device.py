@@ -75,9 +75,18 @@ class GpuGroup:
         n = len(active)
         inter = self.interference
         pk, dk = inter.prefill_k, inter.decode_k
+        overlap: dict[frozenset[int], int] = {}
+        if not self.single_set and n > 1:
+            # activities per distinct GPU set (a domain has few), then per set the count of
+            # activities whose sets intersect it: O(n + sets^2) instead of O(n^2)
+            per_set: dict[frozenset[int], int] = {}
+            for a in active:
+                per_set[a.gpus] = per_set.get(a.gpus, 0) + 1
+            for gs in per_set:
+                overlap[gs] = sum(k for hs, k in per_set.items() if not gs.isdisjoint(hs))
         for a in active:
-            if not self.single_set:
-                n = sum(1 for b in active if b is a or not a.gpus.isdisjoint(b.gpus))
+            if overlap:
+                n = overlap[a.gpus]
             f = a.prefill_fraction
             a.rate = 1.0 / (1.0 + (f * pk + (1.0 - f) * dk) * (n - 1)) if n > 1 else 1.0
         self.version += 1

@@ -51,8 +51,13 @@ class BatchCoster:
                 d = cost.step_time(batch.key, BatchShape(decode_context=decode))
                 frac = p / (p + d) if p + d > 0 else 0.0
             works.append((work, frac))
-            for i, rid in enumerate(batch.request_ids):
-                if batch.samples[i]:
-                    tokens[rid] = token(rid, positions[i] + len(chunks[i]))
+            crcs, vocab = self._crc, self.vocab_size
+            for i, (rid, sample) in enumerate(zip(batch.request_ids, batch.samples, strict=True)):
+                if sample:
+                    crc = crcs.get(rid)
+                    if crc is None:  # `token(rid, pos)`, inlined on the hot path
+                        tokens[rid] = token(rid, positions[i] + len(chunks[i]))
+                    else:
+                        tokens[rid] = (crc + 7919 * (positions[i] + len(chunks[i]) + 1)) % vocab
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works

@@ -25,13 +25,14 @@ def snapshot(alloc) -> dict:
     return {m: alloc.owned_pages(m) for m in alloc.model_names}
 
 
-def run_ops(scheme: str, ops: list, arena: int, reserve: bool, models: list[ModelKV]) -> None:
+def run_ops(scheme: str, ops: list, arena: int, reserve: str | None, models: list[ModelKV]) -> None:
     models = list(models)
     assert [m.name for m in models] == MODEL_NAMES
-    if reserve:
+    if reserve is not None:
         from dataclasses import replace
 
-        models[1] = replace(models[1], reserve_bytes=arena // 8)
+        i = MODEL_NAMES.index(reserve)
+        models[i] = replace(models[i], reserve_bytes=arena // 8)
     options = {"chunk_bytes": 256} if scheme == "paged_vmm" else {}
     alloc = make_allocator(scheme, arena, models, **options)
     held: dict[str, list[int]] = {m: [] for m in MODEL_NAMES}
@@ -75,9 +76,9 @@ def run_ops(scheme: str, ops: list, arena: int, reserve: bool, models: list[Mode
     scheme=st.sampled_from(sorted(SCHEMES)),
     ops=st.lists(op, max_size=60),
     arena_kib=st.integers(8, 64),
-    reserve=st.booleans(),
+    reserve=st.sampled_from([None, "fp8", "deep"]),
 )
 def test_random_operation_sequences_keep_integrity(
-    scheme: str, ops: list, arena_kib: int, reserve: bool, models: list[ModelKV]
+    scheme: str, ops: list, arena_kib: int, reserve: str | None, models: list[ModelKV]
 ) -> None:
     run_ops(scheme, ops, arena_kib * 1024 + 123, reserve, models)

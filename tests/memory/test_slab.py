@@ -66,13 +66,29 @@ def test_hysteresis_keeps_one_empty_slab_but_others_can_reclaim_it() -> None:
     alloc.check_integrity()
 
 
-def test_models_with_different_layer_counts_share_one_pool(models: list[ModelKV]) -> None:
-    alloc = SlabAllocator(64 * 1024, models)
+def test_models_with_different_layer_counts_share_one_arena(models: list[ModelKV]) -> None:
+    alloc = SlabAllocator(64 * 1024, models, share_same_size=False)
     for m in models:
         alloc.allocate(m.name, 5)
     alloc.check_integrity()
     slabs = [set(alloc.slabs_of(m.name)) for m in models]
     assert all(not (x & y) for i, x in enumerate(slabs) for y in slabs[i + 1 :])
+
+
+def test_same_size_pages_share_slabs_but_never_pages(models: list[ModelKV]) -> None:
+    # "fp16" (4 layers x 2 heads) and "deep" (8 layers x 1 head) both have 1024-byte pages
+    alloc = SlabAllocator(64 * 1024, models, slab_bytes=3 * 1024)
+    a = alloc.allocate("fp16", 2)
+    b = alloc.allocate("deep", 1)
+    assert alloc.slabs_of("fp16") == alloc.slabs_of("deep")  # one slab serves both
+    assert not set(a) & set(b)
+    assert alloc.slabs_of("fp8") == [] and alloc.slabs_of("int4") == []
+    alloc.allocate("fp8", 1)
+    assert not set(alloc.slabs_of("fp8")) & set(alloc.slabs_of("fp16"))
+    alloc.free("deep", b)
+    with pytest.raises(DoubleFreeError):
+        alloc.free("deep", a[:1])  # fp16's page, in the shared slab
+    alloc.check_integrity()
 
 
 def test_out_of_pages_leaves_allocator_unchanged(models: list[ModelKV]) -> None:
@@ -116,6 +132,19 @@ def test_reserve_is_never_starved() -> None:
             alloc.allocate("greedy", 1)
             taken += 1
     assert taken == 6 * 4  # 6 of 8 slabs: two stay for the reserve
+    assert len(alloc.allocate("small", 8)) == 8
+    alloc.check_integrity()
+
+
+def test_reserve_of_a_same_size_sibling_is_never_starved() -> None:
+    a, b = KVFormat(1, 1, 16, KVDtype.FP16, 4), KVFormat(1, 2, 8, KVDtype.FP16, 4)  # both 256 B
+    greedy, small = ModelKV("greedy", a), ModelKV("small", b, reserve_bytes=2048)
+    alloc = SlabAllocator(8 * 1024, [greedy, small], slab_bytes=1024)
+    assert alloc.pool_models("greedy") == ["greedy", "small"]
+    with pytest.raises(OutOfPagesError):
+        alloc.allocate("greedy", 25)
+    assert len(alloc.allocate("greedy", 24)) == 24  # 8 of the 32 pages stay for the reserve
+    assert alloc.available_pages("greedy") == 0
     assert len(alloc.allocate("small", 8)) == 8
     alloc.check_integrity()
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fineserve.memory.errors import DoubleFreeError
+from fineserve.memory.pool import ModelPool
 from fineserve.memory.slab import SlabAllocator
 
 
@@ -29,18 +30,24 @@ def stranded_fraction(alloc: SlabAllocator) -> float:
 
 
 def plan_defrag(alloc: SlabAllocator, max_moves: int | None = None) -> list[PageMove]:
-    """Moves that empty the sparsest slabs of each model (see the module docstring)."""
+    """Moves that empty the sparsest slabs of each pool (see the module docstring)."""
     moves: list[PageMove] = []
+    seen: set[int] = set()
     for model in alloc.model_names:
+        pool = alloc.model_pool(model)
+        if id(pool) in seen:
+            continue
+        seen.add(id(pool))
         budget = None if max_moves is None else max_moves - len(moves)
         if budget is not None and budget <= 0:
             break
-        moves.extend(_plan_model(alloc, model, budget))
+        moves.extend(_plan_pool(alloc, model, pool, budget))
     return moves
 
 
-def _plan_model(alloc: SlabAllocator, model: str, budget: int | None) -> list[PageMove]:
-    pool = alloc.model_pool(model)
+def _plan_pool(
+    alloc: SlabAllocator, model: str, pool: ModelPool, budget: int | None
+) -> list[PageMove]:
     partial = [u for u, n in pool.used.items() if n and pool.free[u]]
     partial.sort(key=lambda u: (pool.used[u], -u))
     sources: list[int] = []
@@ -58,23 +65,21 @@ def _plan_model(alloc: SlabAllocator, model: str, budget: int | None) -> list[Pa
     source_set = set(sources)
     live = sorted(p for p in pool.owned if pool.page_unit[p] in source_set)
     free_dst = [p for t in targets for p in sorted(pool.free[t])]
-    return [PageMove(model, s, d) for s, d in zip(live, free_dst, strict=False)]
+    return [PageMove(alloc.owner_of(model, s), s, d) for s, d in zip(live, free_dst, strict=False)]
 
 
 def apply_moves(alloc: SlabAllocator, moves: Sequence[PageMove]) -> None:
     """Record executed moves: each dst becomes owned, each src is freed. All-or-nothing."""
-    for model in {m.model for m in moves}:
-        pool = alloc.model_pool(model)
-        mine = [m for m in moves if m.model == model]
-        srcs = [m.src for m in mine]
-        dsts = [m.dst for m in mine]
-        if len(set(srcs)) != len(srcs) or not pool.owned.issuperset(srcs):
-            raise DoubleFreeError(f"model {model!r}: a move's source is not a held page")
-        if len(set(dsts)) != len(dsts) or any(
-            d in pool.owned or d not in pool.page_unit for d in dsts
-        ):
-            raise ValueError(f"model {model!r}: a move's destination is not a free lent page")
+    srcs = [(m.model, m.src) for m in moves]
+    dsts = [(id(alloc.model_pool(m.model)), m.dst) for m in moves]
+    if len(set(srcs)) != len(srcs) or any(p not in alloc.owned_pages(m) for m, p in srcs):
+        raise DoubleFreeError("a move's source is not a page its model holds")
+    if len(set(dsts)) != len(dsts) or any(
+        m.dst in alloc.model_pool(m.model).owned or m.dst not in alloc.model_pool(m.model).page_unit
+        for m in moves
+    ):
+        raise ValueError("a move's destination is not a free page of its model's slabs")
     for move in moves:
-        alloc.model_pool(move.model).take_specific(move.dst)
+        alloc.claim_page(move.model, move.dst)
     for model in {m.model for m in moves}:
         alloc.free(model, [m.src for m in moves if m.model == model])

@@ -1,15 +1,21 @@
-"""Shared machinery of the schemes that lend memory to models in units (slabs, mapped
-granules, static partitions) and track pages per unit with a `ModelPool`.
+"""Shared machinery of the schemes that lend memory in units (slabs, mapped granules, static
+partitions) and track pages per unit with a `ModelPool`.
 
-A subclass says how a unit is acquired for a model (`_acquire_unit`, None when none can be)
-and given back (`_release_unit`); allocation, freeing with hysteresis, and per-model counts
-live here once.
+Each model draws pages from one pool, named by its *pool key*. By default every model has its
+own pool; KV Slab gives one pool to all models whose pages have the same size, since their
+pages occupy the same byte ranges of the arena. Every page is still owned by exactly one model
+(`_owned`). A subclass says how a unit is acquired for a model's pool (`_acquire_unit`, None
+when none can be) and given back (`_release_unit`); allocation, freeing with hysteresis, and
+per-model counts live here once.
+
+Invariants: the models' owned sets are disjoint and their union per pool is the pool's owned
+set.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 from fineserve.memory.allocator import KVAllocator, ModelKV, ModelUsage
 from fineserve.memory.errors import OutOfPagesError
@@ -17,26 +23,41 @@ from fineserve.memory.pool import ModelPool, check_free_request
 
 
 class PooledAllocator(KVAllocator):
-    """A `KVAllocator` over per-model `ModelPool`s; a model keeps up to `keep_empty` empty
-    units before giving them back."""
+    """A `KVAllocator` over `ModelPool`s; a pool keeps up to `keep_empty` empty units before
+    giving them back."""
 
-    def __init__(self, arena_bytes: int, models: Sequence[ModelKV], keep_empty: int) -> None:
+    def __init__(
+        self,
+        arena_bytes: int,
+        models: Sequence[ModelKV],
+        keep_empty: int,
+        pool_keys: Mapping[str, Hashable] | None = None,
+    ) -> None:
         super().__init__(arena_bytes, models)
         self.keep_empty = keep_empty
-        self._pools: dict[str, ModelPool] = {m.name: ModelPool() for m in models}
+        self._key: dict[str, Hashable] = {
+            m.name: (pool_keys[m.name] if pool_keys else m.name) for m in models
+        }
+        self._pools: dict[Hashable, ModelPool] = {k: ModelPool() for k in self._key.values()}
+        self._owned: dict[str, set[int]] = {m.name: set() for m in models}
 
     @abstractmethod
     def _acquire_unit(self, model: str) -> int | None:
-        """Lend one more unit to `model` (added to its pool); None if none can be lent."""
+        """Lend one more unit to `model`'s pool; None if none can be lent."""
 
     @abstractmethod
     def _release_unit(self, model: str, unit: int) -> None:
         """Take back an empty unit from `model`'s pool."""
 
+    def _check_reserves(self, model: str, n: int) -> None:
+        """Raise OutOfPagesError if giving `model` n pages would starve a pool sibling's
+        reserve. Pools of one model have no siblings."""
+
     def allocate(self, model: str, n: int) -> list[int]:
         pool = self._pool(model)
         if n < 0:
             raise ValueError(f"cannot allocate {n} pages")
+        self._check_reserves(model, n)
         acquired: list[int] = []
         while pool.free_pages < n:
             unit = self._acquire_unit(model)
@@ -45,32 +66,59 @@ class PooledAllocator(KVAllocator):
                     self._release_unit(model, u)
                 raise OutOfPagesError(model, n, pool.free_pages)
             acquired.append(unit)
-        return pool.take(n)
+        pages = pool.take(n)
+        self._owned[model].update(pages)
+        return pages
 
     def free(self, model: str, pages: Iterable[int]) -> None:
         pool = self._pool(model)
-        for unit in pool.give_back(check_free_request(model, pages, pool.owned)):
-            if len(pool.empty) > self.keep_empty:
+        owned = self._owned[model]
+        pages = check_free_request(model, pages, owned)
+        owned.difference_update(pages)
+        for unit in pool.give_back(pages):
+            if len(pool.empty) > self.keep_empty and unit in pool.empty:
                 self._release_unit(model, unit)
 
     def used_pages(self, model: str) -> int:
-        return len(self._pool(model).owned)
+        self.spec(model)
+        return len(self._owned[model])
 
     def owned_pages(self, model: str) -> set[int]:
-        return set(self._pool(model).owned)
+        self.spec(model)
+        return set(self._owned[model])
 
     def model_pool(self, model: str) -> ModelPool:
-        """The page bookkeeping of `model` (read by the defragmentation planner)."""
+        """The pool `model` draws from (shared with same-key models; read by defrag)."""
         return self._pool(model)
+
+    def claim_page(self, model: str, page: int) -> None:
+        """Give `model` one specific free page of its pool (a defragmentation destination)."""
+        pool = self._pool(model)
+        if page in pool.owned or page not in pool.page_unit:
+            raise ValueError(f"page {page} is not a free page of the pool of {model!r}")
+        pool.take_specific(page)
+        self._owned[model].add(page)
+
+    def pool_models(self, model: str) -> list[str]:
+        """Every model drawing from `model`'s pool (itself included)."""
+        key = self._key[self.spec(model).name]
+        return [m for m, k in self._key.items() if k == key]
+
+    def owner_of(self, model: str, page: int) -> str:
+        """The model of `model`'s pool that owns `page` (KeyError if none)."""
+        for m in self.pool_models(model):
+            if page in self._owned[m]:
+                return m
+        raise KeyError(f"page {page} is not owned in the pool of {model!r}")
 
     def _pool(self, model: str) -> ModelPool:
         self.spec(model)
-        return self._pools[model]
+        return self._pools[self._key[model]]
 
     def _model_usage(self, model: str, held_bytes: int, stranded_pages: int) -> ModelUsage:
         fmt = self.page_format(model)
         return ModelUsage(
-            used_pages=len(self._pools[model].owned),
+            used_pages=len(self._owned[model]),
             page_bytes=fmt.page_bytes,
             page_stride=self.page_stride(model),
             tokens_per_page=fmt.tokens_per_page,
@@ -80,5 +128,8 @@ class PooledAllocator(KVAllocator):
         )
 
     def check_internal(self) -> None:
-        for pool in self._pools.values():
+        for key, pool in self._pools.items():
             pool.check()
+            members = [self._owned[m] for m, k in self._key.items() if k == key]
+            assert sum(len(s) for s in members) == len(pool.owned), "a page owned twice"
+            assert set().union(*members) == pool.owned, "pool and model ownership differ"

@@ -60,6 +60,10 @@ class SlabAllocator(PooledAllocator):
             self._reserve_slabs[keys[m.name]] += m.reserve_bytes
         for key, reserved in self._reserve_slabs.items():
             self._reserve_slabs[key] = -(-reserved // self.slab_bytes)
+        self._reserved_siblings = {
+            m.name: [k for k in self.pool_models(m.name) if k != m.name and self._reserve_pages[k]]
+            for m in models
+        }
         self.slab_borrows = 0
         self.slab_returns = 0
 
@@ -85,11 +89,12 @@ class SlabAllocator(PooledAllocator):
         """Pages that same-pool siblings of `model` still need to reach their reserves."""
         return sum(
             max(0, self._reserve_pages[m] - len(self._owned[m]))
-            for m in self.pool_models(model)
-            if m != model
+            for m in self._reserved_siblings[model]
         )
 
     def _check_reserves(self, model: str, n: int) -> None:
+        if not self._reserved_siblings[model]:
+            return
         unmet = self._sibling_unmet_reserve(model)
         if unmet:
             pool = self._pool(model)

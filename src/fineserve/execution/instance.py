@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fineserve.execution.attention import default_backends
+from fineserve.execution.fast_linear import prepack_linears
 from fineserve.execution.kv_views import KVCache
 from fineserve.execution.loader import LoadedModel, load_model
 from fineserve.execution.runner import ModelRunner
@@ -57,6 +58,7 @@ class ModelInstance:
         self.max_model_len = loaded.config.max_position_embeddings
         self._seed = seed
         self._runner: ModelRunner | None = None
+        self._packed = False
 
     def attach(
         self,
@@ -66,13 +68,18 @@ class ModelInstance:
         attention_backend: str = DEFAULT_ATTENTION_BACKEND,
     ) -> None:
         """Build KV views over `arena` for the page ids `allocator` gives model `name`;
-        attention runs on the named backend of `default_backends()`."""
+        attention runs on the named backend of `default_backends()`. "cpu" (the fast CPU
+        path) also swaps the model's fp32 dense linears for oneDNN-prepacked ones."""
         fmt = allocator.page_format(name)
         kv = KVCache(
             arena, fmt, allocator.page_stride(name), allocator.num_page_ids(name),
             self.loaded.kv_scales,
         )  # fmt: skip
         backend = default_backends().create(attention_backend)
+        if attention_backend == "cpu" and not self._packed:
+            # The fast CPU path also runs fp32 dense linears through oneDNN, prepacked once.
+            prepack_linears(self.loaded.model)
+            self._packed = True
         self._runner = ModelRunner(self.loaded.model, kv, backend, Sampler(self._seed))
 
     @property

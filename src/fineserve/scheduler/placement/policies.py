@@ -7,8 +7,11 @@ fit beside the others is reported in ``Placement.unplaced`` (predicted attainmen
 
 from __future__ import annotations
 
-from fineserve.scheduler.placement.predict import evaluate
-from fineserve.scheduler.placement.problem import PlacementProblem
+import heapq
+from dataclasses import replace
+
+from fineserve.scheduler.placement.predict import evaluate, predict
+from fineserve.scheduler.placement.problem import ModelDemand, PlacementProblem
 from fineserve.scheduler.placement.sizing import Option, Sizer
 from fineserve.scheduler.placement.state import ClusterState, Group, fallback_options
 from fineserve.scheduler.placement.types import Placement
@@ -29,22 +32,130 @@ def fineserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
     the most average-size KV pages of its precision mix (MME best fit). If no group fits, the
     next option (another TP degree or more replicas) is tried. A group is taken only if the
     predicted attainment of every replica on its GPUs stays at the target (checked by the
-    predictor on that group alone); if no option passes, the best MME fit that merely fits
-    memory and busy share is used.
+    predictor on that group alone).
+
+    When that published pass cannot place every model at the target (overload), the
+    placement is rebuilt by :func:`_graceful` instead (docs/placement.md, "Beyond the paper:
+    overload").
     """
     per_model = {m.name: sizer.options(m) for m in problem.models}
     order = sorted(problem.models, key=lambda m: (-_footprint(per_model[m.name]), m.name))
     state = ClusterState(problem, sizer)
     for m in order:
         opts = fallback_options(sizer, per_model[m.name])
-        if any(state.place_replicas(o, state.mme_pages, accept=_ok) for o in opts):
+        if not any(state.place_replicas(o, state.mme_pages, accept=_ok) for o in opts):
+            return _graceful(problem, sizer, per_model, order)
+    return evaluate(problem, "fineserve", state.instances, sizer=sizer)
+
+
+def _graceful(
+    problem: PlacementProblem,
+    sizer: Sizer,
+    per_model: dict[str, list[Option]],
+    order: list[ModelDemand],
+) -> Placement:
+    """Overload: every model first at its minimum footprint, then replicas by marginal goodput.
+
+    1. Models largest footprint first, one replica each: of the model's options (cheapest
+       first), the first whose single replica (sized for the option's replica count) fits an
+       MME best-fit group the predictor approves; if none does, the fitting group (memory only)
+       where the whole placement's predicted goodput is highest, so a model is never left
+       out while memory allows, and a heavy TP group takes a co-located model only when the
+       predictor says the cluster gains from it.
+    2. The remaining replicas of every model's chosen option, one at a time, highest predicted
+       goodput per GPU first (``rate per replica / GPU equivalents per replica``), each to an
+       approved MME best-fit group, else where it raises the predicted goodput of the whole
+       placement most (memory checked; the predictor judges the load); if nowhere gains,
+       the model gets no more. A model never gets more replicas than its option (what its
+       rate needs).
+    """
+    state = ClusterState(problem, sizer)
+    chosen: dict[str, Option] = {}
+    for m in order:
+        opts = fallback_options(sizer, per_model[m.name])
+        for o in opts:
+            single = replace(o, replicas=1)
+            if state.place_one(single, 0, state.mme_pages, accept=_ok) is not None:
+                chosen[m.name] = o
+                break
+        else:
+            best = _best_by_goodput(problem, sizer, state, [replace(o, replicas=1) for o in opts])
+            if best is not None:
+                single, grp = best
+                state.add(single, grp, 0)
+                chosen[m.name] = _orig(opts, single)
+    heap = [(-_per_gpu(o), m, 1) for m, o in chosen.items() if o.replicas > 1]
+    heapq.heapify(heap)
+    while heap:
+        key, name, k = heapq.heappop(heap)
+        o = chosen[name]
+        one = replace(o, replicas=1)
+        grp = state.place_one(one, k, state.mme_pages, exclude=state.groups_of(name), accept=_ok)
+        if grp is None and not _add_if_gain(problem, sizer, state, one, k):
             continue
-        any(state.place_replicas(o, state.mme_pages) for o in opts)  # best effort
+        if k + 1 < o.replicas:
+            heapq.heappush(heap, (key, name, k + 1))
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
 
 
 def _ok(state: ClusterState, group: Group) -> bool:
     return state.local_attainment_ok(group)
+
+
+def _orig(opts: list[Option], single: Option) -> Option:
+    """The option ``single`` (one replica of it) was cut from."""
+    return next(o for o in opts if replace(o, replicas=1) == single)
+
+
+def _per_gpu(o: Option) -> float:
+    """Requests per second one more replica of ``o`` serves per GPU equivalent it costs."""
+    return o.rate_per_replica / max(o.cost / o.replicas, 1e-9)
+
+
+def _goodput(problem: PlacementProblem, sizer: Sizer, state: ClusterState) -> float:
+    return predict(problem, state.instances, sizer=sizer)[0].goodput
+
+
+def _best_by_goodput(
+    problem: PlacementProblem, sizer: Sizer, state: ClusterState, singles: list[Option]
+) -> tuple[Option, Group] | None:
+    """The (option, group) fitting memory where the whole placement's goodput is highest."""
+    best: tuple[float, int, Option, Group] | None = None
+    for rank, o in enumerate(singles):
+        for grp in problem.cluster.groups(o.tp):
+            if not state.fits(o, grp, check_util=False):
+                continue
+            snap = state._snapshot()
+            state.add(o, grp, 0)
+            g = _goodput(problem, sizer, state)
+            state._restore(snap)
+            if best is None or (g, -rank) > (best[0], -best[1]):
+                best = (g, rank, o, grp)
+    return None if best is None else (best[2], best[3])
+
+
+def _add_if_gain(
+    problem: PlacementProblem, sizer: Sizer, state: ClusterState, one: Option, replica: int
+) -> bool:
+    """Add replica ``replica`` of ``one`` where it raises the predicted goodput most (memory and
+    only, the predictor judges the load; not on a group the model already uses); False when
+    nowhere gains."""
+    base = _goodput(problem, sizer, state)
+    mine = set(state.groups_of(one.model))
+    best: tuple[float, Group] | None = None
+    for grp in problem.cluster.groups(one.tp):
+        if grp in mine or not state.fits(one, grp, check_util=False):
+            continue
+        snap = state._snapshot()
+        state.add(one, grp, replica)
+        g = _goodput(problem, sizer, state)
+        state._restore(snap)
+        if g > base + 1e-9 and (best is None or g > best[0]):
+            best = (g, grp)
+    if best is None:
+        return False
+    state.add(one, best[1], replica)
+    return True
 
 
 def prism_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:

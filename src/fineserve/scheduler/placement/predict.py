@@ -23,6 +23,12 @@ every GPU ``g`` of its group (the worst GPU counts):
    GPU's KV room (memory - reserve - weights) is smaller than the sum of needs, attainment is
    scaled by room / need.
 
+5. **Overload, counted once.** If a replica's busiest GPU has ``U_g > util_cap``, it serves
+   ``util_cap / U_g`` of its requests (the rest count as misses) and steps 2-4 use the admitted
+   rate ``l_i util_cap / U_g``: the stable operating point. Without this the same excess was
+   charged three or four times (served share, TTFT queue at rho ~ 1, batch at the cap, KV need
+   of the capped batch), so any overloaded GPU predicted ~0 whatever the placement.
+
 Replica attainment = served x TPOT factor x TTFT factor x memory factor; a model's attainment is
 the rate-weighted mean of its replicas (0 when unplaced, 1 at rate 0); the placement's is the
 rate-weighted mean over models and goodput = sum of rate x attainment. Pure arithmetic over the
@@ -177,9 +183,13 @@ def predict(
     by_gpu = _by_gpu(loads)
     _apply_interference(loads, by_gpu, _interference(problem))
     util = {g: sum(o.u for o in here) for g, here in by_gpu.items()}
+    offered = {id(ld): ld.inst.rate for ld in loads}
+    shed = _admit(problem, loads, util)
+    if shed:
+        util = {g: sum(o.u for o in here) for g, here in by_gpu.items()}
     for ld in loads:
         worst = max(ld.inst.gpus, key=lambda g: util[g])
-        ld.factor = _decode_factor(sizer, ld, util[worst])
+        ld.factor = _decode_factor(sizer, ld, util[worst]) * shed.get(id(ld), 1.0)
         ld.factor *= min(_ttft_factor(sizer, ld, by_gpu[g], util[g]) for g in ld.inst.gpus)
     usage = _gpu_usage(sizer, by_gpu, util, kv_scheme)
     mem = {
@@ -196,14 +206,36 @@ def predict(
             per_model[m.name] = 1.0
         else:
             served = sum(
-                ld.inst.rate * ld.factor * min(mem[g] for g in ld.inst.gpus) for ld in mine
+                offered[id(ld)] * ld.factor * min(mem[g] for g in ld.inst.gpus) for ld in mine
             )
-            offered = sum(ld.inst.rate for ld in mine)
-            per_model[m.name] = min(1.0, served / offered) if offered > 0 else 1.0
+            asked = sum(offered[id(ld)] for ld in mine)
+            per_model[m.name] = min(1.0, served / asked) if asked > 0 else 1.0
     total = sum(m.rate for m in problem.models)
     goodput = sum(m.rate * per_model[m.name] for m in problem.models)
     overall = goodput / total if total > 0 else 1.0
     return Prediction(overall, goodput, per_model), usage
+
+
+def _admit(
+    problem: PlacementProblem, loads: Sequence[_Load], util: dict[str, float]
+) -> dict[int, float]:
+    """Overload: count the excess once. A replica whose busiest GPU has busy share ``U`` above
+    ``util_cap`` serves ``util_cap / U`` of its requests (the rest miss their SLO: the served
+    share), and the queueing, TPOT and memory factors are computed at that admitted rate, the
+    stable operating point, rather than at the offered rate (where the TTFT queue, the batch
+    cap and the KV need would each charge the same excess again). Returns {id(load): served
+    share} for the replicas it scaled (their rate and busy share are scaled in place)."""
+    cap = problem.options.util_cap
+    shed: dict[int, float] = {}
+    for ld in loads:
+        worst = max(util[g] for g in ld.inst.gpus)
+        if worst > cap:
+            s = cap / worst
+            shed[id(ld)] = s
+            ld.inst = replace(ld.inst, rate=ld.inst.rate * s)
+            ld.u0 *= s
+            ld.u *= s
+    return shed
 
 
 def with_rates(

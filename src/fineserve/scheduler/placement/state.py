@@ -128,6 +128,38 @@ class ClusterState:
                 return False
         return True
 
+    def place_one(
+        self,
+        opt: Option,
+        replica: int,
+        score: Callable[[Option, Group], float],
+        *,
+        exclude: Iterable[Group] = (),
+        accept: Callable[[ClusterState, Group], bool] | None = None,
+        check_util: bool = True,
+    ) -> Group | None:
+        """Add one replica of ``opt`` (numbered ``replica``) to the best-scoring fitting group
+        not in ``exclude`` that ``accept`` approves; the group, or None (state unchanged)."""
+        banned = set(exclude)
+        candidates = sorted(
+            (
+                grp
+                for grp in self.problem.cluster.groups(opt.tp)
+                if grp not in banned and self.fits(opt, grp, check_util=check_util)
+            ),
+            key=lambda grp: -score(opt, grp),
+        )
+        for grp in candidates:
+            inner = self._snapshot()
+            self.add(opt, grp, replica)
+            if accept is None or accept(self, grp):
+                return grp
+            self._restore(inner)
+        return None
+
+    def groups_of(self, model: str) -> list[Group]:
+        return [i.gpus for i in self.instances if i.model == model]
+
     def local_attainment_ok(self, group: Group) -> bool:
         """Whether every replica on ``group``'s GPUs keeps the target predicted attainment.
 

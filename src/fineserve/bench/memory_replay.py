@@ -164,6 +164,8 @@ class MemoryReplay:
     def _finish(self, req: ReplayRequest, step: int) -> None:
         self.running[req.model].remove(req)
         self._free(req)
+        if any(self.queues.values()):
+            self._compact()  # memory is short: empty sparse slabs before admitting
         self._admit(step)
 
     # -- allocator calls (timed) -----------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
+from operator import sub
 
 from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
@@ -24,7 +25,9 @@ from fineserve.scheduler.local.costs import CostModel
 from fineserve.scheduler.local.policies import Policy, PolicyContext, make_policy
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence, Status
-from fineserve.scheduler.local.state import Lane, SchedulerState, SchedulerStats
+from fineserve.scheduler.local.state import DecodeCols, Lane, SchedulerState, SchedulerStats
+
+RUNNING = Status.RUNNING
 
 
 @dataclass
@@ -129,51 +132,84 @@ class LocalScheduler(SchedulerState):
     ) -> int:
         """Add the decodes the policy allows; returns the token budget left for prefill."""
         budget = self.config.token_budget
+        all_cols = self._cols
         for name in self._model_order(lane):
-            running = list(self.decoding[name].values())
+            cols = all_cols[name]
+            if cols.dirty:
+                cols.rebuild(self.decoding[name])
+            running = cols.seqs
             if not running:
                 continue
+            ctx.decode_contexts[name] = cols.positions
             limit = self.policy.decode_limit(self.models[name], running, ctx)
-            if limit < len(running):  # longest-waiting first, so no decode starves
-                running = sorted(running, key=lambda s: s.last_token_s or 0.0)[:limit]
             batch = builds[name].decode
-            budget -= self._add_decodes(batch, running, plan, lane, ctx.now)
+            budget -= self._add_decodes(batch, cols, limit, plan, lane, ctx.now)
             ctx.decodes[name] = batch.positions
         return max(budget, 0)
 
     def _add_decodes(
         self,
         batch: ModelBatch,
-        running: list[Sequence],
+        cols: DecodeCols,
+        limit: int,
         plan: StepPlan,
         lane: Lane,
         now: float,
     ) -> int:
-        """Fill the (empty) decode `batch` with `running`, first growing the page tables of
-        those whose KV fills its last page; returns how many run. Hot path: column-wise."""
-        t = self.pages.tokens_per_page[batch.model]
-        full = [s for s in running if s.num_computed >= len(s.pages) * t]
-        if full and not self._grant_one_each(full, plan, lane.scheduled, now):
-            running = [
-                s
-                for s in running
-                if s.status is Status.RUNNING and s.num_computed < len(s.pages) * t
-            ]
-        lane.decode_seqs[batch.model] = running
-        ids = [s.request_id for s in running]
-        batch.request_ids = ids
-        batch.token_ids = [s.tokens[-1:] for s in running]
-        batch.positions = positions = [s.num_computed for s in running]
-        batch.page_tables = [s.pages for s in running]
-        batch.samples = [True] * len(ids)
-        batch.sampling = [s.sampling for s in running]
-        batch.output_index = [p - s.num_prompt for s, p in zip(running, positions, strict=True)]
-        lane.scheduled.update(ids)
-        return len(ids)
+        """Fill the (empty) decode `batch` from the model's decode columns (at most `limit`,
+        longest-waiting first, so none starves), first growing the page tables of those whose
+        KV fills its last page; returns how many run. Hot path: column-wise, no pass over the
+        sequences when every decode runs and none crosses a page boundary."""
+        model = batch.model
+        seqs = cols.seqs
+        n = len(seqs)
+        idx: list[int] | None = None
+        if limit < n:
+            idx = sorted(range(n), key=lambda i: seqs[i].last_token_s or 0.0)[:limit]
+        t = self.pages.tokens_per_page[model]
+        pos = cols.positions
+        # KV covers `position` tokens, so a decode fills its last page only at a page boundary
+        if idx is None:
+            edge = [i for i, p in enumerate(pos) if not p % t]
+        else:
+            edge = [i for i in idx if not pos[i] % t]
+        if edge:
+            full = [seqs[i] for i in edge if seqs[i].num_computed >= len(seqs[i].pages) * t]
+            if full and not self._grant_one_each(full, plan, lane, now):
+                running = RUNNING
+                idx = [
+                    i
+                    for i in (range(n) if idx is None else idx)
+                    if seqs[i].status is running and seqs[i].num_computed < len(seqs[i].pages) * t
+                ]
+        lane.decode_idx[model] = idx
+        if idx is None:  # every decode, in column order (see `DecodeCols` on sharing)
+            lane.decode_seqs[model] = seqs
+            lane.all_decodes.add(model)
+            batch.request_ids = cols.request_ids[:]
+            batch.token_ids = [t[-1:] for t in cols.tokens]
+            batch.positions = pos[:]
+            batch.page_tables = cols.page_tables[:]
+            batch.sampling = cols.sampling[:]
+            batch.output_index = list(map(sub, pos, cols.num_prompt))
+        else:
+            lane.decode_seqs[model] = [seqs[i] for i in idx]
+            batch.request_ids = ids = [cols.request_ids[i] for i in idx]
+            tokens = cols.tokens
+            batch.token_ids = [tokens[i][-1:] for i in idx]
+            batch.positions = positions = [pos[i] for i in idx]
+            tables = cols.page_tables
+            batch.page_tables = [tables[i] for i in idx]
+            sampling = cols.sampling
+            batch.sampling = [sampling[i] for i in idx]
+            prompt = cols.num_prompt
+            batch.output_index = [p - prompt[i] for p, i in zip(positions, idx, strict=True)]
+            lane.scheduled.update(ids)
+        k = len(batch.request_ids)
+        batch.samples = [True] * k
+        return k
 
-    def _grant_one_each(
-        self, full: list[Sequence], plan: StepPlan, scheduled: set[str], now: float
-    ) -> bool:
+    def _grant_one_each(self, full: list[Sequence], plan: StepPlan, lane: Lane, now: float) -> bool:
         """One more page for each of `full`: in one allocator call when memory allows (True),
         else one by one with arbitration and preemption (False: some may have none)."""
         model = full[0].model
@@ -181,8 +217,8 @@ class LocalScheduler(SchedulerState):
             pages = self.pages.allocator.allocate(model, len(full))
         except OutOfPagesError:
             for seq in full:
-                if seq.status is Status.RUNNING:
-                    self._grant(seq, 1, plan, scheduled, now)
+                if seq.status is RUNNING:
+                    self._grant(seq, 1, plan, lane, now)
             return False
         for seq, page in zip(full, pages, strict=True):
             seq.pages.append(page)
@@ -214,13 +250,13 @@ class LocalScheduler(SchedulerState):
             if seq.request_id in scheduled:
                 continue
             chunk = min(seq.pending, budget)
-            if self._start_chunk(seq, chunk, plan, scheduled, ctx.now):
+            if self._start_chunk(seq, chunk, plan, lane, ctx.now):
                 _add(builds[seq.model].prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
                 scheduled.add(seq.request_id)
                 budget -= chunk
 
     def _start_chunk(
-        self, seq: Sequence, chunk: int, plan: StepPlan, scheduled: set[str], now: float
+        self, seq: Sequence, chunk: int, plan: StepPlan, lane: Lane, now: float
     ) -> bool:
         """Get the pages for a prefill chunk; a waiting sequence starts only if its model is
         under `max_running` and keeps `admit_headroom_pages` free, and never preempts."""
@@ -236,7 +272,7 @@ class LocalScheduler(SchedulerState):
             self.prefilling[seq.request_id] = seq
             seq.status = Status.RUNNING
             return True
-        return need == 0 or self._grant(seq, need, plan, scheduled, now)
+        return need == 0 or self._grant(seq, need, plan, lane, now)
 
     def _can_start(self, seq: Sequence, chunk: int | None = None) -> bool:
         """Whether a sequence may take its next chunk now: a running one always may; a waiting
@@ -268,20 +304,17 @@ class LocalScheduler(SchedulerState):
         rank = {m: i for i, m in enumerate(self.pages.rank_models(demand, slack))}
         return sorted(order, key=lambda s: rank.get(s.model, len(rank)))
 
-    def _grant(
-        self, seq: Sequence, n: int, plan: StepPlan, scheduled: set[str], now: float
-    ) -> bool:
+    def _grant(self, seq: Sequence, n: int, plan: StepPlan, lane: Lane, now: float) -> bool:
         """Pages for a running sequence, preempting unscheduled running ones if needed."""
 
-        busy = self._busy
+        busy, runs = self._busy, self._runs
 
         def others() -> Iterator[Sequence]:  # never one in this plan or in a plan in flight
             for s in self._running():
-                rid = s.request_id
-                if rid in scheduled:
+                if runs(lane, s):
                     continue
                 other = busy.get(s.model)
-                if other is None or rid not in other.scheduled:
+                if other is None or not runs(other, s):
                     yield s
 
         def preempt(victim: Sequence) -> None:
@@ -302,7 +335,8 @@ class LocalScheduler(SchedulerState):
         """Preempt by recompute: free every page, keep the outputs, queue it again."""
         self.pages.release(seq)
         self.prefilling.pop(seq.request_id, None)
-        self.decoding[seq.model].pop(seq.request_id, None)
+        if self.decoding[seq.model].pop(seq.request_id, None) is not None:
+            self._cols[seq.model].dirty = True
         seq.num_computed = 0
         seq.prefill_alone_s = None
         seq.status = Status.WAITING

@@ -26,16 +26,75 @@ from fineserve.scheduler.local.memory import PageBroker
 from fineserve.scheduler.local.sequence import Sequence, Status
 
 
-class Lane:
-    """A plan in flight: its models, the requests it runs, and its decodes by model."""
+class DecodeCols:
+    """One model's running decodes as batch columns, kept between steps (hot path).
 
-    __slots__ = ("aborted", "decode_seqs", "models", "scheduled", "step_id")
+    Index i is `seqs[i]`, in the order of `SchedulerState.decoding[model]`. `update` advances
+    `positions` of the entries it ran; any change of membership (a decode starting, finishing
+    or preempted) only sets `dirty`, and the next plan rebuilds the columns from
+    `decoding[model]` (so indices stay valid while a step is applied). `page_tables[i]` and
+    `tokens[i]` are `seqs[i].pages` and `seqs[i].tokens` themselves (both grow in place).
+    Every list but `positions` is replaced, never changed in place, so plans may share them.
+    """
+
+    __slots__ = (
+        "dirty",
+        "num_prompt",
+        "page_tables",
+        "positions",
+        "request_ids",
+        "sampling",
+        "seqs",
+        "tokens",
+    )
+
+    def __init__(self) -> None:
+        self.seqs: list[Sequence] = []
+        self.request_ids: list[str] = []
+        self.tokens: list[list[int]] = []
+        self.positions: list[int] = []
+        self.num_prompt: list[int] = []
+        self.page_tables: list[list[int]] = []
+        self.sampling: list[object] = []
+        self.dirty = False
+
+    def rebuild(self, decoding: dict[str, Sequence]) -> None:
+        self.seqs = seqs = list(decoding.values())
+        self.request_ids = list(decoding)
+        self.tokens = [s.tokens for s in seqs]
+        self.positions = [s.num_computed for s in seqs]
+        self.num_prompt = [s.num_prompt for s in seqs]
+        self.page_tables = [s.pages for s in seqs]
+        self.sampling = [s.sampling for s in seqs]
+        self.dirty = False
+
+
+class Lane:
+    """A plan in flight: its models, the requests it runs, and its decodes by model.
+
+    `scheduled` holds the plan's prefills and the decodes of models that run only part of
+    their decodes; a model in `all_decodes` runs every one of its decodes (they are exactly
+    `decoding[model]` while the plan is in flight), so they are not copied into `scheduled`.
+    `decode_idx[model]` is None when every decode runs in column order, else the column indices
+    run, in plan order."""
+
+    __slots__ = (
+        "aborted",
+        "all_decodes",
+        "decode_idx",
+        "decode_seqs",
+        "models",
+        "scheduled",
+        "step_id",
+    )
 
     def __init__(self, step_id: int, models: frozenset[str]) -> None:
         self.step_id = step_id
         self.models = models
         self.scheduled: set[str] = set()
+        self.all_decodes: set[str] = set()
         self.decode_seqs: dict[str, list[Sequence]] = {}
+        self.decode_idx: dict[str, list[int] | None] = {}
         self.aborted: set[str] = set()  # aborted while in flight: finished by `update`
 
 
@@ -70,6 +129,7 @@ class SchedulerState:
         self.waiting: dict[str, Sequence] = {}
         self.prefilling: dict[str, Sequence] = {}
         self.decoding: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
+        self._cols: dict[str, DecodeCols] = {m: DecodeCols() for m in self.models}
         self.stats = SchedulerStats()
         self._lanes: dict[int, Lane] = {}  # plans in flight by step id
         self._busy: dict[str, Lane] = {}  # model -> the plan in flight over it
@@ -133,7 +193,7 @@ class SchedulerState:
             return False
         self.stats.aborted += 1
         lane = self._busy.get(seq.model)
-        if lane is not None and request_id in lane.scheduled:
+        if lane is not None and self._runs(lane, seq):
             seq.finish_reason = "abort"
             lane.aborted.add(request_id)
         else:
@@ -150,7 +210,7 @@ class SchedulerState:
             raise ValueError(f"step {plan.step_id} is not in flight")
         for m in lane.models:
             del self._busy[m]
-        decode_seqs = lane.decode_seqs
+        decode_seqs, decode_idx, all_cols = lane.decode_seqs, lane.decode_idx, self._cols
         tokens, out = result.tokens, self._outputs
         special = result.stopped | lane.aborted if lane.aborted else result.stopped
         for batch in plan.batches:
@@ -175,6 +235,15 @@ class SchedulerState:
                 elif seq.stream:
                     n_out = len(seq_tokens) - seq.num_prompt
                     out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
+            cols = all_cols[model]
+            if not cols.dirty:  # else the next plan rebuilds the columns anyway
+                idx = decode_idx[model]
+                if idx is None:  # a new list: the plan keeps the old one
+                    cols.positions = [p + 1 for p in cols.positions]
+                else:
+                    positions = cols.positions
+                    for i in idx:
+                        positions[i] += 1
         outputs, self._outputs = self._outputs, []
         return outputs
 
@@ -193,6 +262,7 @@ class SchedulerState:
         seq.last_token_s = now
         if self.prefilling.pop(rid, None) is not None:
             self.decoding[seq.model][rid] = seq
+            self._cols[seq.model].dirty = True
         if rid in result.stopped:
             self._finish(seq, "stop", token=token)
         else:
@@ -222,7 +292,8 @@ class SchedulerState:
         rid = seq.request_id
         self.waiting.pop(rid, None)
         self.prefilling.pop(rid, None)
-        self.decoding[seq.model].pop(rid, None)
+        if self.decoding[seq.model].pop(rid, None) is not None:
+            self._cols[seq.model].dirty = True
         del self.seqs[rid]
         self._unfinished[seq.model] -= 1
         seq.status = Status.FINISHED
@@ -250,7 +321,15 @@ class SchedulerState:
     def in_flight(self, seq: Sequence) -> bool:
         """Whether `seq` is in a plan being executed (its pages are read: never freed now)."""
         lane = self._busy.get(seq.model)
-        return lane is not None and seq.request_id in lane.scheduled
+        return lane is not None and self._runs(lane, seq)
+
+    def _runs(self, lane: Lane, seq: Sequence) -> bool:
+        """Whether `seq` is in `lane`'s plan (in flight, or being built)."""
+        rid = seq.request_id
+        if rid in lane.scheduled:
+            return True
+        model = seq.model
+        return model in lane.all_decodes and rid in self.decoding[model]
 
     def busy_models(self) -> frozenset[str]:
         """Models with a plan in flight."""

@@ -34,6 +34,8 @@ class PolicyContext:
     models: Mapping[str, ServedModel]
     unmeetable: str = REJECT
     decodes: dict[str, list[int]] = field(default_factory=dict)  # model -> decode contexts
+    # model -> contexts of every running decode, in the order `decode_limit` gets them
+    decode_contexts: dict[str, list[int]] = field(default_factory=dict)
     can_start: Callable[[Sequence], bool] = lambda seq: True  # memory and running limits
 
 
@@ -88,5 +90,7 @@ def tpot_decode_limit(model: ServedModel, running: Seqs[Sequence], ctx: PolicyCo
     """Decodes of `model` such that its predicted decode step stays within its TPOT SLO."""
     if model.tpot_slo_s is None:
         return len(running)
-    contexts = [s.num_computed for s in running]
+    contexts = ctx.decode_contexts.get(model.name)
+    if contexts is None or len(contexts) != len(running):
+        contexts = [s.num_computed for s in running]
     return ctx.predictor.max_decodes_within(model.name, contexts, model.tpot_slo_s)

@@ -35,10 +35,13 @@ def find_tool(name: str, venv: Path | None) -> str | None:
 
 
 def tool_command(tool: str, exe: str, url: str, model: str, tokenizer: Path) -> list[str]:
-    if tool == "guidellm":
-        return [exe, "benchmark", "--target", url, "--model", model, "--processor",
-                str(tokenizer), "--rate-type", "constant", "--rate", "2", "--max-requests",
-                "20", "--data", "prompt_tokens=32,output_tokens=16"]  # fmt: skip
+    if tool == "guidellm":  # guidellm >= 0.8 takes `run` with kind=... option groups
+        return [exe, "run", "--backend", f"kind=openai_http,target={url},model={model}",
+                "--profile", "kind=constant,rate=2", "--constraint",
+                "kind=max_requests,count=20", "--data",
+                "kind=synthetic_text,prompt_tokens=32,output_tokens=16", "--tokenizer",
+                f"kind=hf_auto,model={tokenizer}",
+                "--disable-console-interactive"]  # fmt: skip
     return [exe, "bench", "serve", "--backend", "openai", "--base-url", url, "--model", model,
             "--tokenizer", str(tokenizer), "--dataset-name", "random", "--random-input-len",
             "32", "--random-output-len", "16", "--num-prompts", "20",

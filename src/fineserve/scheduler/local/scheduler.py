@@ -30,7 +30,7 @@ from fineserve.scheduler.local.state import DecodeCols, Lane, SchedulerState, Sc
 RUNNING = Status.RUNNING
 
 
-@dataclass
+@dataclass(slots=True)
 class _Build:
     """One model's part of the plan being built."""
 
@@ -83,10 +83,7 @@ class LocalScheduler(SchedulerState):
                 released += self._released[m]
                 self._released[m] = []
         plan = StepPlan(step_id=self._step_id, now=now, released=released)
-        builds = {
-            m: _Build(ModelBatch(m, self.models[m].key), ModelBatch(m, self.models[m].key))
-            for m in names
-        }
+        builds: dict[str, _Build] = {}  # created when a model gets work
         ctx = PolicyContext(
             now,
             self.config.token_budget,
@@ -98,18 +95,30 @@ class LocalScheduler(SchedulerState):
         self._all_lane = len(names) == len(self.models)
         budget = self._schedule_decodes(plan, builds, lane, ctx)
         self._schedule_prefills(plan, builds, lane, ctx, budget)
-        for build in builds.values():
-            batch = _merge(build)
-            if batch.request_ids:
-                plan.batches.append(batch)
+        if builds:
+            for m in names:
+                build = builds.get(m)
+                if build is not None:
+                    batch = _merge(build)
+                    if batch.request_ids:
+                        plan.batches.append(batch)
         self._lanes[lane.step_id] = lane
         for m in lane_models:
             self._busy[m] = lane
         return plan
 
+    def _build(self, builds: dict[str, _Build], model: str) -> _Build:
+        build = builds.get(model)
+        if build is None:
+            key = self.models[model].key
+            build = builds[model] = _Build(ModelBatch(model, key), ModelBatch(model, key))
+        return build
+
     def _model_order(self, lane: Lane) -> list[str]:
         """The lane's models by SLO slack: the earliest TTFT deadline among their prefills
         first."""
+        if len(lane.models) == 1:
+            return list(lane.models)
         urgent = {m: float("inf") for m in self.models if m in lane.models}
         for seq in self._prefill_candidates():
             if seq.model in urgent:
@@ -122,6 +131,8 @@ class LocalScheduler(SchedulerState):
 
     def _lane_candidates(self, lane: Lane) -> list[Sequence]:
         """Waiting and prefilling sequences of the lane's models, in queue order."""
+        if not self.waiting and not self.prefilling:
+            return []
         if self._all_lane:
             return list(self._prefill_candidates())
         models = lane.models
@@ -142,7 +153,7 @@ class LocalScheduler(SchedulerState):
                 continue
             ctx.decode_contexts[name] = cols.positions
             limit = self.policy.decode_limit(self.models[name], running, ctx)
-            batch = builds[name].decode
+            batch = self._build(builds, name).decode
             budget -= self._add_decodes(batch, cols, limit, plan, lane, ctx.now)
             ctx.decodes[name] = batch.positions
         return max(budget, 0)
@@ -235,7 +246,10 @@ class LocalScheduler(SchedulerState):
     ) -> None:
         """Prefill chunks in the policy's order until the token budget is spent."""
         scheduled = lane.scheduled
-        admission = self.policy.admit(self._lane_candidates(lane), ctx)
+        candidates = self._lane_candidates(lane)
+        if not candidates:
+            return
+        admission = self.policy.admit(candidates, ctx)
         for seq in admission.rejected:
             self.stats.rejected += 1
             self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
@@ -251,7 +265,8 @@ class LocalScheduler(SchedulerState):
                 continue
             chunk = min(seq.pending, budget)
             if self._start_chunk(seq, chunk, plan, lane, ctx.now):
-                _add(builds[seq.model].prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
+                prefill = self._build(builds, seq.model).prefill
+                _add(prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
                 scheduled.add(seq.request_id)
                 budget -= chunk
 

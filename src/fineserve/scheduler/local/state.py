@@ -220,21 +220,21 @@ class SchedulerState:
             seqs = decode_seqs.get(model)
             if not seqs:
                 continue
-            for seq in seqs:  # hot path: one token fed, one sampled
-                rid = seq.request_id
-                if special and rid in special:  # aborted meanwhile, or stopped by the executor
-                    self._apply(batch, batch.request_ids.index(rid), rid, result, now)
-                    continue
-                token = tokens[rid]
-                seq.num_computed += 1
-                seq_tokens = seq.tokens
-                seq_tokens.append(token)
-                seq.last_token_s = now
-                if len(seq_tokens) >= seq.end_len or token in seq.stop_token_ids:
-                    self._apply_end(seq, token)
-                elif seq.stream:
-                    n_out = len(seq_tokens) - seq.num_prompt
-                    out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
+            ids = batch.request_ids[n:] if n else batch.request_ids  # the decodes, as `seqs`
+            if special and not special.isdisjoint(ids):
+                self._apply_decodes(batch, seqs, special, result, now)
+            else:  # hot path: one token fed, one sampled
+                for seq, token in zip(seqs, map(tokens.__getitem__, ids), strict=True):
+                    seq.num_computed += 1
+                    seq_tokens = seq.tokens
+                    seq_tokens.append(token)
+                    seq.last_token_s = now
+                    if len(seq_tokens) >= seq.end_len or token in seq.stop_token_ids:
+                        self._apply_end(seq, token)
+                    elif seq.stream:
+                        n_out = len(seq_tokens) - seq.num_prompt
+                        rid = seq.request_id
+                        out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
             cols = all_cols[model]
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
                 idx = decode_idx[model]
@@ -246,6 +246,27 @@ class SchedulerState:
                         positions[i] += 1
         outputs, self._outputs = self._outputs, []
         return outputs
+
+    def _apply_decodes(
+        self,
+        batch: ModelBatch,
+        seqs: list[Sequence],
+        special: frozenset[str] | set[str],
+        result: StepResult,
+        now: float,
+    ) -> None:
+        """`update`'s decode loop when some of `seqs` were aborted meanwhile or stopped by the
+        executor (those go through `_apply`)."""
+        for seq in seqs:
+            rid = seq.request_id
+            if rid in special:
+                self._apply(batch, batch.request_ids.index(rid), rid, result, now)
+                continue
+            token = result.tokens[rid]
+            seq.num_computed += 1
+            seq.tokens.append(token)
+            seq.last_token_s = now
+            self._apply_end(seq, token)
 
     def _apply(self, batch: ModelBatch, i: int, rid: str, result: StepResult, now: float) -> None:
         seq = self.seqs[rid]

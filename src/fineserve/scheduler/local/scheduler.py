@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
-from operator import sub
+from itertools import repeat
+from operator import itemgetter, mod, sub
 
 from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
@@ -28,6 +29,7 @@ from fineserve.scheduler.local.sequence import Sequence, Status
 from fineserve.scheduler.local.state import DecodeCols, Lane, SchedulerState, SchedulerStats
 
 RUNNING = Status.RUNNING
+_last = itemgetter(slice(-1, None))  # tokens[-1:], the token a decode feeds
 
 
 @dataclass(slots=True)
@@ -181,7 +183,9 @@ class LocalScheduler(SchedulerState):
         pos = cols.positions
         # KV covers `position` tokens, so a decode fills its last page only at a page boundary
         if idx is None:
-            edge = [i for i, p in enumerate(pos) if not p % t]
+            edge = (
+                [i for i, p in enumerate(pos) if not p % t] if 0 in map(mod, pos, repeat(t)) else ()
+            )
         else:
             edge = [i for i in idx if not pos[i] % t]
         if edge:
@@ -198,7 +202,7 @@ class LocalScheduler(SchedulerState):
             lane.decode_seqs[model] = seqs
             lane.all_decodes.add(model)
             batch.request_ids = cols.request_ids[:]
-            batch.token_ids = [t[-1:] for t in cols.tokens]
+            batch.token_ids = list(map(_last, cols.tokens))
             batch.positions = pos[:]
             batch.page_tables = cols.page_tables[:]
             batch.sampling = cols.sampling[:]

@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from fineserve.server.launch import free_socket
+from fineserve.server.launch import spawn_serve
 
 
 def find_tool(name: str, venv: Path | None) -> str | None:
@@ -49,21 +47,7 @@ def tool_command(tool: str, exe: str, url: str, model: str, tokenizer: Path) -> 
 
 
 def serve(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    cmd = [sys.executable, "-m", "fineserve.cli", "serve", "--model", f"tiny={folder}",
-           "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("fineserve serve did not start")
+    return spawn_serve(["--model", f"tiny={folder}", "--log-level", "warning"])
 
 
 def main(argv: list[str] | None = None) -> int:

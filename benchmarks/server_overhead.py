@@ -20,33 +20,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
-import httpx
-
-from fineserve.server.launch import free_socket
+from fineserve.server.launch import spawn_serve
 from fineserve.workload.client import ClientConfig, PlannedRequest, run_plan
 from fineserve.workload.metrics import measurement_window, summarize
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    cmd = [sys.executable, "-m", "fineserve.cli", "serve", "--backend", "sim",
-           "--model", "sim=.", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not start")
+    return spawn_serve(["--backend", "sim", "--model", "sim=.", "--log-level", "warning"])
 
 
 def phase(url: str, n: int, concurrency: int, tokens: int) -> dict[str, Any]:

@@ -38,16 +38,10 @@ def make_models(cache: Path) -> dict[str, Path]:
     """The four tiny model folders (made once; a folder with config.json is reused)."""
     from fineserve.execution import make_model
 
-    out = {}
-    for name, arch, precision in MODELS:
-        folder = cache / "models" / name
-        if not (folder / "config.json").is_file():
-            parser = argparse.ArgumentParser()
-            make_model.add_arguments(parser)
-            argv = ["--arch", arch, "--size", "tiny", "--precision", precision]
-            make_model.run(parser.parse_args([*argv, "--out", str(folder)]))
-        out[name] = folder
-    return out
+    return {
+        name: make_model.ensure_model(cache / "models" / name, arch, "tiny", precision)
+        for name, arch, precision in MODELS
+    }
 
 
 def _kv_sampler(backend: Any) -> tuple[Any, dict[str, Any]]:

@@ -51,16 +51,10 @@ def ensure_models(root: Path) -> dict[str, Path]:
     """Make the scenario's models (once) and return name -> folder."""
     from fineserve.execution import make_model
 
-    out = {}
-    for name, arch, precision in MODELS:
-        folder = root / name
-        if not (folder / "config.json").is_file():
-            parser = argparse.ArgumentParser()
-            make_model.add_arguments(parser)
-            argv = ["--arch", arch, "--size", "tiny", "--precision", precision]
-            make_model.run(parser.parse_args([*argv, "--out", str(folder)]))
-        out[name] = folder
-    return out
+    return {
+        name: make_model.ensure_model(root / name, arch, "tiny", precision)
+        for name, arch, precision in MODELS
+    }
 
 
 def ensure_profile(root: Path, folders: dict[str, Path]) -> Path:

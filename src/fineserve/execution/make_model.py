@@ -196,3 +196,19 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(t.numel() for t in tensors.values())
     print(f"wrote {out}: {args.arch} {args.size} {args.precision}, {n_params} stored values")
     return 0
+
+
+def write_model(out: Path, arch: str, size: str = "tiny", precision: str = "fp32") -> Path:
+    """Write a model folder with make-model's defaults for every other option; returns it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--arch", arch, "--size", size, "--precision", precision, "--out", str(out)]
+    run(parser.parse_args(argv))
+    return out
+
+
+def ensure_model(out: Path, arch: str, size: str = "tiny", precision: str = "fp32") -> Path:
+    """Like `write_model`, but a folder that already holds a config.json is reused as is."""
+    if not (out / "config.json").is_file():
+        write_model(out, arch, size, precision)
+    return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,31 @@ def free_socket(host: str = "127.0.0.1") -> socket.socket:
     sock.bind((host, 0))
     sock.set_inheritable(True)
     return sock
+
+
+def spawn_serve(
+    serve_args: list[str], timeout_s: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `fineserve serve SERVE_ARGS` in a child process on a free loopback port; returns
+    the process and its base URL once `/health` answers 200 (killed, RuntimeError, if not within
+    `timeout_s`)."""
+    import httpx
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "fineserve.cli", "serve", *serve_args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"fineserve serve {' '.join(serve_args)} did not start")
 
 
 def uvicorn_config(app: Any, host: str, port: int, graceful_s: float, **kw: Any) -> Any:

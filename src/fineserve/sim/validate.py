@@ -37,12 +37,8 @@ KEYS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p
 def _make_model(root: Path) -> Path:
     from fineserve.execution import make_model
 
-    parser = argparse.ArgumentParser()
-    make_model.add_arguments(parser)
-    out = root / NAME
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the report / JSON
-        make_model.run(parser.parse_args(["--arch", "llama", "--size", "small", "--out", str(out)]))
-    return out
+        return make_model.write_model(root / NAME, "llama", "small")
 
 
 def _profile(folder: Path, root: Path, quick: bool) -> Path:

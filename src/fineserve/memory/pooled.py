@@ -76,7 +76,7 @@ class PooledAllocator(KVAllocator):
         pages = check_free_request(model, pages, owned)
         owned.difference_update(pages)
         for unit in pool.give_back(pages):
-            if len(pool.empty) > self.keep_empty and unit in pool.empty:
+            if len(pool.empty) > self.keep_empty:
                 self._release_unit(model, unit)
 
     def used_pages(self, model: str) -> int:

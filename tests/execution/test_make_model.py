@@ -14,19 +14,16 @@ from fineserve.cli import CliError
 from fineserve.execution import make_model
 
 
-def _make(out: Path, *argv: str) -> Path:
-    parser = argparse.ArgumentParser()
-    make_model.add_arguments(parser)
-    assert make_model.run(parser.parse_args([*argv, "--out", str(out)])) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    out = {a: _make(root / a, "--arch", a) for a in make_model.ARCHS}
-    out["llama-fp16"] = _make(root / "llama-fp16", "--arch", "llama", "--precision", "fp16")
-    out["qwen3-bf16"] = _make(root / "qwen3-bf16", "--arch", "qwen3", "--precision", "bf16")
+    out = {a: make_model.write_from_argv(root / a, "--arch", a) for a in make_model.ARCHS}
+    out["llama-fp16"] = make_model.write_from_argv(
+        root / "llama-fp16", "--arch", "llama", "--precision", "fp16"
+    )
+    out["qwen3-bf16"] = make_model.write_from_argv(
+        root / "qwen3-bf16", "--arch", "qwen3", "--precision", "bf16"
+    )
     return out
 
 
@@ -88,8 +85,8 @@ def test_tokenizer_round_trips_and_applies_chat_template(folders: dict[str, Path
 def test_same_seed_same_weights_other_seed_differs(
     tmp_path: Path, folders: dict[str, Path]
 ) -> None:
-    again = _make(tmp_path / "a", "--arch", "llama")
-    other = _make(tmp_path / "b", "--arch", "llama", "--seed", "1")
+    again = make_model.write_from_argv(tmp_path / "a", "--arch", "llama")
+    other = make_model.write_from_argv(tmp_path / "b", "--arch", "llama", "--seed", "1")
     base = (folders["llama"] / "model.safetensors").read_bytes()
     assert (again / "model.safetensors").read_bytes() == base
     assert (again / "tokenizer.json").read_bytes() == (
@@ -101,7 +98,7 @@ def test_same_seed_same_weights_other_seed_differs(
 def test_v4_config_style_and_llama3_rope_scaling(tmp_path: Path) -> None:
     from transformers import AutoConfig
 
-    out = _make(
+    out = make_model.write_from_argv(
         tmp_path / "m", "--arch", "llama", "--rope-scaling", "llama3", "--config-style", "v4"
     )
     raw = json.loads((out / "config.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,16 +14,9 @@ from fineserve.execution.quant import build_linear, dequantize_weight, parse_qua
 from fineserve.execution.quant.export import QUANT_PRECISIONS
 
 
-def _make(out: Path, *argv: str) -> Path:
-    parser = argparse.ArgumentParser()
-    make_model.add_arguments(parser)
-    assert make_model.run(parser.parse_args([*argv, "--out", str(out)])) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    out = _make(tmp_path_factory.mktemp("dense") / "m", "--arch", "qwen2")
+    out = make_model.write_from_argv(tmp_path_factory.mktemp("dense") / "m", "--arch", "qwen2")
     return load_file(str(out / "model.safetensors"))
 
 
@@ -33,7 +25,9 @@ def test_quantized_folder_decodes_to_the_dense_weights(
     tmp_path: Path, dense: dict[str, torch.Tensor], precision: str
 ) -> None:
     extra = ["--desc-act"] if precision == "gptq" else []
-    out = _make(tmp_path / "m", "--arch", "qwen2", "--precision", precision, *extra)
+    out = make_model.write_from_argv(
+        tmp_path / "m", "--arch", "qwen2", "--precision", precision, *extra
+    )
     config = json.loads((out / "config.json").read_text())
     qcfg = parse_quant_config(config)
     tensors = load_file(str(out / "model.safetensors"))

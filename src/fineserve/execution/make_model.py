@@ -198,13 +198,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_model(out: Path, arch: str, size: str = "tiny", precision: str = "fp32") -> Path:
-    """Write a model folder with make-model's defaults for every other option; returns it."""
+def write_from_argv(out: Path, *argv: str) -> Path:
+    """Run make-model with the command-line options `argv` into `out`; returns `out`."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = ["--arch", arch, "--size", size, "--precision", precision, "--out", str(out)]
-    run(parser.parse_args(argv))
+    status = run(parser.parse_args([*argv, "--out", str(out)]))
+    if status != 0:
+        raise RuntimeError(f"make-model {' '.join(argv)} exited with {status}")
     return out
+
+
+def write_model(out: Path, arch: str, size: str = "tiny", precision: str = "fp32") -> Path:
+    """Write a model folder with make-model's defaults for every other option; returns it."""
+    return write_from_argv(out, "--arch", arch, "--size", size, "--precision", precision)
 
 
 def ensure_model(out: Path, arch: str, size: str = "tiny", precision: str = "fp32") -> Path:

@@ -6,6 +6,11 @@ Invariants:
   or a few more (allocated for the chunk being run).
 - A preempted sequence has no pages and `num_computed == 0`; its outputs are kept, so it is
   recomputed by one prefill over prompt + outputs.
+- A decoding sequence (fed every token but its last) may be *tracked*: `num_computed` is then
+  derived as `len(tokens) - 1` (it advances with each appended token), and `last_token_s` may
+  read a `Stamp` shared by a model's decodes (one write per step instead of one per sequence;
+  a stamp is changed only while every sequence pointing to it received a token at that time).
+  Assigning either attribute makes it explicit again. The scheduler's `DecodeCols` does this.
 """
 
 from __future__ import annotations
@@ -21,10 +26,22 @@ class Status(str, Enum):
     FINISHED = "finished"
 
 
+class Stamp:
+    """A time shared by the decodes of one model that last got a token together (see the
+    module docstring)."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: float | None = None) -> None:
+        self.t = t
+
+
 class Sequence:
     """One request. `deadline_s` is its TTFT deadline (inf without a TTFT SLO)."""
 
     __slots__ = (
+        "_computed",
+        "_last",
         "arrival_s",
         "best_effort",
         "deadline_s",
@@ -32,10 +49,8 @@ class Sequence:
         "end_len",
         "finish_reason",
         "first_token_s",
-        "last_token_s",
         "max_tokens",
         "model",
-        "num_computed",
         "num_preemptions",
         "num_prompt",
         "pages",
@@ -71,10 +86,10 @@ class Sequence:
         self.sampling = sampling
         self.stop_token_ids = stop_token_ids
         self.pages: list[int] = []
-        self.num_computed = 0
+        self._computed = 0  # -1: tracked decode (see `num_computed`)
         self.status = Status.WAITING
         self.first_token_s: float | None = None
-        self.last_token_s: float | None = None
+        self._last: float | Stamp | None = None  # see `last_token_s`
         self.num_preemptions = 0
         self.best_effort = False
         self.prefill_alone_s: float | None = None
@@ -83,6 +98,30 @@ class Sequence:
         self.delivered = 0  # output tokens delivered so far (kept for stream=False only)
         end = self.num_prompt + max_tokens  # it ends at this many tokens (max_tokens or context)
         self.end_len = end if max_model_len is None else min(end, max_model_len)
+
+    @property
+    def num_computed(self) -> int:
+        """Tokens with KV in `pages` (`len(tokens) - 1` while tracked as a decode)."""
+        n = self._computed
+        return len(self.tokens) - 1 if n < 0 else n
+
+    @num_computed.setter
+    def num_computed(self, value: int) -> None:
+        self._computed = value
+
+    def track_decode(self) -> None:
+        """Derive `num_computed` from `tokens` from now on (a decode: all but the last fed)."""
+        self._computed = -1
+
+    @property
+    def last_token_s(self) -> float | None:
+        """When the last token was sampled (None before the first)."""
+        last = self._last
+        return last.t if last.__class__ is Stamp else last
+
+    @last_token_s.setter
+    def last_token_s(self, value: float | None) -> None:
+        self._last = value
 
     @property
     def num_output(self) -> int:

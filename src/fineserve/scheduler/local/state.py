@@ -14,16 +14,19 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, sub
 
 from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.scheduler.local.memory import PageBroker
-from fineserve.scheduler.local.sequence import Sequence, Status
+from fineserve.scheduler.local.sequence import Sequence, Stamp, Status
 
 
 class DecodeCols:
@@ -35,16 +38,26 @@ class DecodeCols:
     `decoding[model]` (so indices stay valid while a step is applied). `page_tables[i]` and
     `tokens[i]` are `seqs[i].pages` and `seqs[i].tokens` themselves (both grow in place).
     Every list but `positions` is replaced, never changed in place, so plans may share them.
+
+    A rebuild *tracks* every sequence (`Sequence.track_decode`: `num_computed` follows its
+    tokens). `plain`: no sequence streams or has stop tokens, so `update` feeds tokens
+    column-wise; `left` is a lower bound on the tokens any of them may still sample before it
+    ends (an end check runs only when it reaches 0); `stamp` is the `Stamp` the sequences'
+    `last_token_s` read once `stamped` (a step ran every one of them at `stamp.t`).
     """
 
     __slots__ = (
         "dirty",
+        "left",
         "num_prompt",
         "page_tables",
+        "plain",
         "positions",
         "request_ids",
         "sampling",
         "seqs",
+        "stamp",
+        "stamped",
         "tokens",
     )
 
@@ -57,16 +70,34 @@ class DecodeCols:
         self.page_tables: list[list[int]] = []
         self.sampling: list[object] = []
         self.dirty = False
+        self.plain = True
+        self.left = 0
+        self.stamp = Stamp()
+        self.stamped = False
 
     def rebuild(self, decoding: dict[str, Sequence]) -> None:
         self.seqs = seqs = list(decoding.values())
         self.request_ids = list(decoding)
+        for s in seqs:
+            s.track_decode()
         self.tokens = [s.tokens for s in seqs]
         self.positions = [s.num_computed for s in seqs]
         self.num_prompt = [s.num_prompt for s in seqs]
         self.page_tables = [s.pages for s in seqs]
         self.sampling = [s.sampling for s in seqs]
+        self.plain = not any(s.stream or s.stop_token_ids for s in seqs)
+        self.left = self.tokens_left()
+        self.stamp = Stamp()  # the old one is never changed again: its readers keep its time
+        self.stamped = False
         self.dirty = False
+
+    def tokens_left(self) -> int:
+        """Fewest tokens any sequence may still sample before reaching its end length."""
+        return min(map(sub, map(_end_len, self.seqs), map(len, self.tokens)), default=0)
+
+
+_end_len = attrgetter("end_len")
+_tokens = attrgetter("tokens")
 
 
 class Lane:
@@ -210,8 +241,7 @@ class SchedulerState:
             raise ValueError(f"step {plan.step_id} is not in flight")
         for m in lane.models:
             del self._busy[m]
-        decode_seqs, decode_idx, all_cols = lane.decode_seqs, lane.decode_idx, self._cols
-        tokens, out = result.tokens, self._outputs
+        decode_seqs, all_cols = lane.decode_seqs, self._cols
         special = result.stopped | lane.aborted if lane.aborted else result.stopped
         for batch in plan.batches:
             n, model = batch.num_prefills, batch.model
@@ -221,23 +251,16 @@ class SchedulerState:
             if not seqs:
                 continue
             ids = batch.request_ids[n:] if n else batch.request_ids  # the decodes, as `seqs`
+            cols, idx = all_cols[model], lane.decode_idx[model]
             if special and not special.isdisjoint(ids):
+                cols.stamped = False
                 self._apply_decodes(batch, seqs, special, result, now)
-            else:  # hot path: one token fed, one sampled
-                for seq, token in zip(seqs, map(tokens.__getitem__, ids), strict=True):
-                    seq.num_computed += 1
-                    seq_tokens = seq.tokens
-                    seq_tokens.append(token)
-                    seq.last_token_s = now
-                    if len(seq_tokens) >= seq.end_len or token in seq.stop_token_ids:
-                        self._apply_end(seq, token)
-                    elif seq.stream:
-                        n_out = len(seq_tokens) - seq.num_prompt
-                        rid = seq.request_id
-                        out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
-            cols = all_cols[model]
+            elif cols.plain:
+                self._feed_plain(cols, idx, seqs, ids, result.tokens, now)
+            else:
+                cols.stamped = False
+                self._feed(model, seqs, ids, result.tokens, now)
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
-                idx = decode_idx[model]
                 if idx is None:  # a new list: the plan keeps the old one
                     cols.positions = [p + 1 for p in cols.positions]
                 else:
@@ -246,6 +269,60 @@ class SchedulerState:
                         positions[i] += 1
         outputs, self._outputs = self._outputs, []
         return outputs
+
+    def _feed_plain(
+        self,
+        cols: DecodeCols,
+        idx: list[int] | None,
+        seqs: list[Sequence],
+        ids: list[str],
+        tokens: Mapping[str, int],
+        now: float,
+    ) -> None:
+        """Hot path of `update`: one sampled token for each of `seqs` (tracked decodes of a
+        plain column, run in column order when `idx` is None), fed column-wise; only when
+        `cols.left` runs out are the sequences checked for their end."""
+        new = list(map(tokens.__getitem__, ids))
+        if idx is None:
+            deque(map(list.append, cols.tokens, new), 0)
+            stamp = cols.stamp
+            stamp.t = now
+            if not cols.stamped:
+                deque(map(setattr, seqs, repeat("_last"), repeat(stamp)), 0)
+                cols.stamped = True
+        else:
+            deque(map(list.append, map(_tokens, seqs), new), 0)
+            deque(map(setattr, seqs, repeat("_last"), repeat(now)), 0)
+            cols.stamped = False  # the others still read the stamp: it must not change
+        cols.left -= 1
+        if cols.left > 0:
+            return
+        for seq, token in zip(seqs, new, strict=True):
+            if len(seq.tokens) >= seq.end_len:
+                self._finish(seq, "length", token=token)
+        if not cols.dirty:
+            cols.left = cols.tokens_left()
+
+    def _feed(
+        self,
+        model: str,
+        seqs: list[Sequence],
+        ids: list[str],
+        tokens: Mapping[str, int],
+        now: float,
+    ) -> None:
+        """`update`'s decode loop for columns with streaming or stop tokens."""
+        out = self._outputs
+        for seq, token in zip(seqs, map(tokens.__getitem__, ids), strict=True):
+            seq_tokens = seq.tokens
+            seq_tokens.append(token)  # a tracked decode: `num_computed` follows
+            seq.last_token_s = now
+            if len(seq_tokens) >= seq.end_len or token in seq.stop_token_ids:
+                self._apply_end(seq, token)
+            elif seq.stream:
+                n_out = len(seq_tokens) - seq.num_prompt
+                rid = seq.request_id
+                out.append(RequestOutput(rid, model, [token], False, None, None, n_out))
 
     def _apply_decodes(
         self,
@@ -263,8 +340,7 @@ class SchedulerState:
                 self._apply(batch, batch.request_ids.index(rid), rid, result, now)
                 continue
             token = result.tokens[rid]
-            seq.num_computed += 1
-            seq.tokens.append(token)
+            seq.tokens.append(token)  # a tracked decode: `num_computed` follows
             seq.last_token_s = now
             self._apply_end(seq, token)
 

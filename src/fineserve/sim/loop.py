@@ -209,7 +209,21 @@ class ClusterSim:
         self.stats.sim_end_s = min(horizon_s, max((g.last_t for g in self.groups), default=0.0))
         self.stats.gpu_busy_s = sum(g.busy_s * len(g.gpus) for g in self.groups)
         self.stats.preemptions = sum(e.engine.scheduler.stats.preemptions for e in self.engines)
+        self._settle_unfinished()
         return self.book
+
+    def _settle_unfinished(self) -> None:
+        """Without per-token times requests do not stream (their tokens come with their final
+        output): give the records of requests unfinished at the end the tokens they had, as
+        a streaming client would have counted them."""
+        if self.book.token_times:
+            return
+        records = self.book.records
+        for eng in self.engines:
+            for rid, seq in eng.engine.scheduler.seqs.items():
+                rec = records.get(rid)
+                if rec is not None and rec.first_token_s is not None:
+                    rec.output_tokens = seq.num_output
 
     def _push(self, group: GpuGroup) -> None:
         group.rerate()
@@ -230,7 +244,12 @@ class ClusterSim:
         eng = min(routes, key=lambda e: e.outstanding)
         try:
             eng.engine.add_request(
-                req.request_id, req.model, [1] * req.prompt_tokens, req.output_tokens, arrival_s=t
+                req.request_id,
+                req.model,
+                [1] * req.prompt_tokens,
+                req.output_tokens,
+                arrival_s=t,
+                stream=self.book.token_times,  # records are the same; per-token times need it
             )
         except InvalidRequestError as exc:
             self.book.fail(req.request_id, f"invalid: {exc}")

@@ -15,6 +15,7 @@ from fineserve.memory.arbitration import (
     PreemptionCandidate,
     choose_victim,
     grant_order,
+    reserve_pages,
 )
 from fineserve.memory.errors import OutOfPagesError
 from fineserve.scheduler.local.config import ServedModel
@@ -78,15 +79,27 @@ class PageBroker:
 
     def pick_victim(self, seq: Sequence, others: Iterable[Sequence], now: float) -> Sequence | None:
         """The arbitration's victim among `others` and `seq`. Victims of `seq`'s own model are
-        preferred (their pages surely help); other models' only when it has none."""
+        preferred (their pages surely help); other models' only when it has none. Only those
+        `choose_victim` may take (their model keeps its reserve without them) become
+        candidates: the same filter it applies, done first so a refused sequence costs no
+        candidate."""
         pool = [s for s in others if s.pages and s is not seq]
         same = [s for s in pool if s.model == seq.model]
         pool = same or pool
         pool.sort(key=lambda s: -s.arrival_s)  # newest first: ties go to the newest
         pool.append(seq)
+        room = self._room({s.model for s in pool})
+        pool = [s for s in pool if len(s.pages) <= room[s.model]]
+        if not pool:
+            return None
         by_id = {s.request_id: s for s in pool}
         chosen = choose_victim([self.candidate(s, now) for s in pool], self.allocator)
         return by_id[chosen.request_id] if chosen is not None else None
+
+    def _room(self, models: Iterable[str]) -> dict[str, int]:
+        """Per model, the most pages a preemption may take and keep its reserve."""
+        alloc = self.allocator
+        return {m: alloc.used_pages(m) - reserve_pages(alloc, m) for m in models}
 
     def candidate(self, seq: Sequence, now: float) -> PreemptionCandidate:
         return PreemptionCandidate(

@@ -2,11 +2,20 @@
 
 For every (batch size, input length) of a grid, the engine (torch executor, one model in its
 own arena, wall clock), after one warm-up request, runs `batch` prompts of `input_len` tokens
-as one prefill step, then `output_len - 1` decode steps. Rows follow the schema of the H100 profile
-(`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill step, `tpot` = mean
-decode step, `decode_time` = all decode steps, `e2e` = both. A step is timed whole (planning,
-execution and output handling), as a user sees it; the table feeds
+as one prefill step, then `output_len - 1` decode steps, then one step that prefills one more
+prompt of `input_len` tokens beside the batch's decodes. Rows follow the schema of the H100
+profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill step,
+`tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both, plus `mixed_time` =
+the mixed step (the table's extra fixed cost of mixed batches is fitted from it). A step is
+timed whole (planning, execution and output handling), as a user sees it; the table feeds
 `make_cost_model("table:<path>")`.
+
+Noise: every point is measured `--repeats` times and the median kept; repeats are interleaved
+over the grid (the whole grid once, then again, ...) so a burst of load from other processes
+hits one run of many points rather than every run of one point. `--clock cpu` times steps on
+`ProcessClock` (this process's CPU seconds) instead of the wall clock: on a CPU shared with
+other processes it measures the engine's own work, which is what a table predicting a
+dedicated core needs (with one torch thread, CPU time equals wall time on an idle core).
 """
 
 from __future__ import annotations
@@ -15,11 +24,51 @@ import argparse
 import json
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 DEFAULT_BATCHES = "1,2,4,8,16"
 DEFAULT_INPUTS = "32,64,128"
+CLOCKS = ("wall", "cpu")
+
+
+class ProcessClock:
+    """Engine time on a shared CPU: this process's CPU seconds plus idle time skipped.
+
+    `now()` = CPU seconds used by the process since the clock was made + every gap jumped by
+    `sleep_until` (which does not wait: an idle engine costs no time). Invariant: `now()`
+    never decreases. It keeps the `engine.clock.Clock` contract; with one torch thread a step
+    reads the same on it as on a `WallClock` on an otherwise idle core, and time slices taken
+    by other processes are not counted.
+    """
+
+    def __init__(self) -> None:
+        self._origin = time.process_time()
+        self._skipped = 0.0
+
+    def now(self) -> float:
+        return time.process_time() - self._origin + self._skipped
+
+    def advance(self, seconds: float) -> None:
+        return None
+
+    def sleep_until(self, t: float) -> None:
+        gap = t - self.now()
+        if gap > 0:
+            self._skipped += gap
+
+
+def make_clock(kind: str) -> Any:
+    """A fresh `WallClock` (`"wall"`) or `ProcessClock` (`"cpu"`); ValueError otherwise."""
+    from fineserve.engine.clock import WallClock
+
+    if kind == "wall":
+        return WallClock()
+    if kind == "cpu":
+        return ProcessClock()
+    raise ValueError(f"unknown clock {kind!r}; choose from {CLOCKS}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-len", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="runs per point (median kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--clock", default="wall", choices=CLOCKS, help="time steps on the wall or CPU clock"
+    )
     parser.add_argument("--json", dest="json_out", help="write rows as JSON ('-' = stdout)")
     parser.add_argument("--csv", dest="csv_out", help="write rows as a profile CSV")
 
@@ -46,36 +98,52 @@ def qformat_of(folder: Path) -> str:
 
 
 def measure_point(
-    folder: Path, batch: int, input_len: int, output_len: int, name: str
-) -> tuple[float, float]:
-    """(prefill step seconds, mean decode step seconds) for one grid point."""
-    from fineserve.engine.clock import WallClock
+    folder: Path,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    name: str,
+    clock: str = "wall",
+    arena_tokens: int | None = None,
+) -> tuple[float, float, float]:
+    """(prefill step, mean decode step, mixed step) seconds for one grid point, on `clock`.
+
+    The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps; then
+    one more prompt of `input_len` tokens arrives and the next step prefills it beside the
+    batch's decodes (the mixed step). The arena holds `arena_tokens` tokens (default: the
+    point's own tokens, see `_arena_bytes`); give the arena of the run the table is for.
+    """
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
     from fineserve.scheduler.local import SchedulerConfig
     from fineserve.sim.executor import LinearCostModel
 
-    tokens = batch * (input_len + output_len)
+    tokens = (batch + 1) * (input_len + output_len + 1)
     engine, _ = load_torch_engine(
         [TorchModel(name, folder)],
-        arena_bytes=_arena_bytes(folder, tokens),
+        arena_bytes=_arena_bytes(folder, tokens if arena_tokens is None else arena_tokens),
         cost_model=LinearCostModel(),
         policy="fcfs",
-        config=SchedulerConfig(token_budget=batch * input_len, max_running=batch),
-        clock=WallClock(),
+        config=SchedulerConfig(token_budget=batch * (input_len + 1), max_running=batch + 1),
+        clock=make_clock(clock),
     )
     params = SamplingParams(temperature=0.0, ignore_eos=True)
     engine.add_request("warmup", name, [3] * input_len, max_tokens=2, sampling=params)
     engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
-        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len, sampling=params)
-    steps: list[float] = []
-    while engine.has_unfinished():
-        start = engine.clock.now()
-        engine.step()
-        steps.append(engine.clock.now() - start)
-    return steps[0], statistics.fmean(steps[1:]) if len(steps) > 1 else 0.0
+        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len + 1, sampling=params)
+    steps = [_timed_step(engine) for _ in range(output_len)]
+    engine.add_request("mixed", name, [5] * input_len, max_tokens=1, sampling=params)
+    mixed = _timed_step(engine)
+    engine.run_until_idle()
+    return steps[0], statistics.fmean(steps[1:]) if len(steps) > 1 else 0.0, mixed
+
+
+def _timed_step(engine: Any) -> float:
+    start = engine.clock.now()
+    engine.step()
+    return float(engine.clock.now() - start)
 
 
 def _arena_bytes(folder: Path, tokens: int) -> int:
@@ -86,38 +154,106 @@ def _arena_bytes(folder: Path, tokens: int) -> int:
     return max(1 << 20, 2 * per_token * (tokens + 64 * 16))
 
 
-def profile_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def profile_rows(
+    args: argparse.Namespace, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (batch size, input length), medians of `args.repeats` interleaved runs.
+
+    `args` carries the CLI's fields (`clock` optional, default wall; `arena_tokens` optional,
+    see `measure_point`). Rows come in grid order
+    (batch sizes outer); each also has `prefill_runs` / `tpot_runs` / `mixed_runs` (every run,
+    seconds), which the CSV leaves out.
+    """
     folder = Path(args.model)
     name = args.name or folder.name
     qformat = qformat_of(folder) if args.qformat == "auto" else args.qformat
-    rows = []
-    for batch in _ints(args.batch_sizes):
-        for input_len in _ints(args.input_lens):
-            runs = [
-                measure_point(folder, batch, input_len, args.output_len, name)
-                for _ in range(args.repeats)
-            ]
-            prefill = statistics.median(r[0] for r in runs)
-            tpot = statistics.median(r[1] for r in runs)
-            decode = tpot * (args.output_len - 1)
-            rows.append(
-                {
-                    "model": name,
-                    "qformat": qformat,
-                    "tp": 1,
-                    "mps_percentage": 100,
-                    "batch_size": batch,
-                    "input_len": input_len,
-                    "output_len": args.output_len,
-                    "seq_len": input_len + args.output_len,
-                    "prefill_time": prefill,
-                    "decode_time": decode,
-                    "ttft": prefill,
-                    "tpot": tpot,
-                    "e2e": prefill + decode,
-                }
+    grid = [(b, n) for b in _ints(args.batch_sizes) for n in _ints(args.input_lens)]
+    runs: dict[tuple[int, int], list[tuple[float, float, float]]] = {p: [] for p in grid}
+    clock = getattr(args, "clock", "wall")
+    arena_tokens = getattr(args, "arena_tokens", None)
+    for rep in range(max(1, args.repeats)):
+        if progress is not None:
+            progress(f"profile {name}: pass {rep + 1}/{max(1, args.repeats)}, {len(grid)} points")
+        for batch, input_len in grid:
+            point = measure_point(
+                folder, batch, input_len, args.output_len, name, clock, arena_tokens
             )
-    return rows
+            runs[(batch, input_len)].append(point)
+    return [_row(name, qformat, b, n, args.output_len, runs[(b, n)]) for b, n in grid]
+
+
+def pool_rows(*tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the same grid measured at different times, pooled: each point's runs joined and
+    its medians taken again. Invariant: same points, in the first table's order; ValueError
+    when a point is missing from another table."""
+    first = tables[0]
+    index = [{(r["model"], r["batch_size"], r["input_len"]): r for r in t} for t in tables]
+    out = []
+    for row in first:
+        point = (row["model"], row["batch_size"], row["input_len"])
+        if any(point not in ix for ix in index):
+            raise ValueError(f"point {point} is not in every table")
+        runs = [run for ix in index for run in _runs(ix[point])]
+        out.append(
+            _row(row["model"], row["qformat"], row["batch_size"], row["input_len"],
+                 row["output_len"], runs)
+        )  # fmt: skip
+    return out
+
+
+def drift(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, float]:
+    """Median over points of after / before for prefill and TPOT (1.0 = the machine ran the
+    engine at the same speed both times). Points are matched by (model, batch, input)."""
+    ix = {(r["model"], r["batch_size"], r["input_len"]): r for r in after}
+    pre, tpot = [], []
+    for r in before:
+        a = ix.get((r["model"], r["batch_size"], r["input_len"]))
+        if a is None:
+            continue
+        if r["prefill_time"] > 0:
+            pre.append(a["prefill_time"] / r["prefill_time"])
+        if r["tpot"] > 0:
+            tpot.append(a["tpot"] / r["tpot"])
+    return {
+        "prefill": statistics.median(pre) if pre else 1.0,
+        "tpot": statistics.median(tpot) if tpot else 1.0,
+    }
+
+
+def _runs(row: dict[str, Any]) -> list[tuple[float, float, float]]:
+    pre = row.get("prefill_runs") or [row["prefill_time"]]
+    tpot = row.get("tpot_runs") or [row["tpot"]]
+    mixed = row.get("mixed_runs") or [row.get("mixed_time") or 0.0] * len(pre)
+    return list(zip(pre, tpot, mixed, strict=True))
+
+
+def _row(
+    name: str, qformat: str, batch: int, input_len: int, output_len: int, runs: list
+) -> dict[str, Any]:
+    """The profile row of one grid point from its runs [(prefill, tpot, mixed) s] (medians)."""
+    prefill = statistics.median(r[0] for r in runs)
+    tpot = statistics.median(r[1] for r in runs)
+    mixed = statistics.median(r[2] for r in runs)
+    decode = tpot * (output_len - 1)
+    return {
+        "model": name,
+        "qformat": qformat,
+        "tp": 1,
+        "mps_percentage": 100,
+        "batch_size": batch,
+        "input_len": input_len,
+        "output_len": output_len,
+        "seq_len": input_len + output_len,
+        "prefill_time": prefill,
+        "decode_time": decode,
+        "ttft": prefill,
+        "tpot": tpot,
+        "e2e": prefill + decode,
+        "mixed_time": mixed,
+        "prefill_runs": [r[0] for r in runs],
+        "tpot_runs": [r[1] for r in runs],
+        "mixed_runs": [r[2] for r in runs],
+    }
 
 
 def _ints(text: str) -> list[int]:
@@ -139,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        rows = profile_rows(args)
+        rows = profile_rows(args, lambda line: print(line, file=sys.stderr))
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if args.csv_out:

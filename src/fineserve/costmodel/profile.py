@@ -1,10 +1,14 @@
 """Reader for profile tables (the H100 CSV and the CPU tables ``fineserve profile`` writes).
 
 Schema (header names): model, qformat, tp, mps_percentage, batch_size, input_len, output_len,
-seq_len, prefill_time, decode_time, ttft, tpot, e2e (seconds). ``prefill_time`` is the prefill
-of the whole batch (batch_size prompts of input_len tokens); ``tpot`` is the mean decode step
-time while the batch generates output_len tokens. Missing optional columns default sensibly
-(mps_percentage 100, tp 1); qformats are normalised (``org`` -> ``fp16``, ``fp8_kv8`` -> ``fp8``).
+seq_len, prefill_time, decode_time, ttft, tpot, e2e (seconds), and the optional mixed_time.
+``prefill_time`` is the prefill of the whole batch (batch_size prompts of input_len tokens);
+``tpot`` is the mean decode step time while the batch generates output_len tokens;
+``mixed_time`` (CPU tables of ``fineserve profile``; absent from the H100 profile) is one step in
+which a further prompt of input_len tokens prefills beside the batch's batch_size decodes (each
+feeding its output_len-th token). Missing optional columns default sensibly (mps_percentage
+100, tp 1, mixed_time 0 = not measured); qformats are normalised (``org`` -> ``fp16``,
+``fp8_kv8`` -> ``fp8``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ PROFILE_COLUMNS = (
     "ttft",
     "tpot",
     "e2e",
+    "mixed_time",
 )
 
 
@@ -46,6 +51,7 @@ class ProfileRow:
     prefill_time: float
     ttft: float
     tpot: float
+    mixed_time: float = 0.0  # 0.0: not measured
 
     @property
     def mean_decode_context(self) -> float:
@@ -81,6 +87,7 @@ def read_profile(path: Path) -> list[ProfileRow]:
                     prefill_time=prefill,
                     ttft=_num(row, "ttft", prefill),
                     tpot=_num(row, "tpot", 0.0),
+                    mixed_time=_num(row, "mixed_time", 0.0),
                 )
             )
     return out

@@ -4,7 +4,11 @@ step_time = max(a [if prefill], d [if decode]) + b*prefill_tokens + c*attention_
             + g*max(0, prefill_tokens - knee) + e*decode_seqs + f*sum(decode_context)
 
 (coefficients from :mod:`fineserve.costmodel.fit`; all >= 0, so the cost is monotone in
-tokens, sequences and context, and linear beyond the profiled grid). The committed coefficients
+tokens, sequences and context, and linear beyond the profiled grid), plus ``m`` when the step
+has both prefill and decode work: the fixed cost a mixed step pays beyond the larger of the two
+fixed terms (on the CPU engine both attention paths run in every layer). ``m`` >= 0 is
+measured only from profile rows with ``mixed_time`` (``fit_mixed_extra``); the H100 profile has
+none, so there ``m`` = 0 and the formula is the fitted one alone. The committed coefficients
 ``data/h100_fit.json`` were fitted by ``python -m fineserve.costmodel.fit`` from
 fineserve-profiles/h100-cost.csv (FineServe paper code, github.com/llm-fineserve/FineServe,
 BSD-3-Clause, Samsung SDS); the model works without the data folder. A CPU profile written by
@@ -14,13 +18,14 @@ BSD-3-Clause, Samsung SDS); the model works without the data folder. A CPU profi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey, InterferenceModel
 from fineserve.costmodel.fit import StepCoeffs, fit_interference, fit_profile
-from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, read_profile
+from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, ProfileRow, read_profile
 from fineserve.workload.data import find_data_file
 
 DEFAULT_FIT_PATH = Path(__file__).with_name("data") / "h100_fit.json"
@@ -43,16 +48,29 @@ class TableCostModel(CostModelHelpers):
         coeffs: Mapping[InstanceKey, StepCoeffs],
         interference: InterferenceModel | None = None,
         source: str = "",
+        mixed_extra: Mapping[InstanceKey, float] | None = None,
     ) -> None:
         self._coeffs = dict(coeffs)
         self.interference = interference or InterferenceModel()
         self.source = source
+        self._mixed = {k: max(0.0, float(v)) for k, v in (mixed_extra or {}).items()}
 
     @classmethod
     def from_csv(cls, path: Path) -> TableCostModel:
         """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now."""
         rows = read_profile(path)
-        return cls(fit_profile(rows), fit_interference(rows), source=str(path))
+        coeffs = fit_profile(rows)
+        mixed = fit_mixed_extra(rows, coeffs)
+        return cls(coeffs, fit_interference(rows), source=str(path), mixed_extra=mixed)
+
+    def mixed_extra(self, key: InstanceKey) -> float:
+        """The extra fixed seconds of a step with prefill and decode work (0.0 if unmeasured)."""
+        models = (key.model, *MODEL_ALIASES.get(key.model, ()))
+        for m in models:
+            v = self._mixed.get(InstanceKey(m, key.qformat, key.tp))
+            if v is not None:
+                return v
+        return 0.0
 
     @classmethod
     def from_json(cls, path: Path = DEFAULT_FIT_PATH) -> TableCostModel:
@@ -97,6 +115,8 @@ class TableCostModel(CostModelHelpers):
         d, e, f = c.decode
         has_p, has_d = batch.prefill_tokens > 0, batch.num_decode > 0
         fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
+        if has_p and has_d and self._mixed:
+            fixed += self.mixed_extra(key)
         t = fixed + _prefill_variable(c, batch)
         return t + e * batch.num_decode + f * batch.decode_context_sum
 
@@ -106,6 +126,31 @@ class TableCostModel(CostModelHelpers):
         p = _prefill_variable(c, batch)
         dd = c.decode[1] * batch.num_decode + c.decode[2] * batch.decode_context_sum
         return p / (p + dd) if p + dd > 0 else 0.0
+
+
+def mixed_shape(row: ProfileRow) -> BatchShape:
+    """The step a row's ``mixed_time`` measured: one prompt of input_len tokens prefilling
+    beside batch_size decodes, each feeding its output_len-th token (context input_len +
+    output_len - 1 before it)."""
+    ctx = row.input_len + row.output_len - 1
+    return BatchShape(prefill=((row.input_len, 0),), decode_context=(ctx,) * row.batch_size)
+
+
+def fit_mixed_extra(
+    rows: Sequence[ProfileRow], coeffs: Mapping[InstanceKey, StepCoeffs]
+) -> dict[InstanceKey, float]:
+    """Per instance with solo ``mixed_time`` rows: the median of (measured mixed step - the
+    fitted formula without the extra term), clipped at 0 (so costs stay monotone). Instances
+    without such rows get no entry (extra 0)."""
+    residuals: dict[InstanceKey, list[float]] = {}
+    for r in rows:
+        if r.mixed_time <= 0 or r.mps_percentage < 100 or r.key not in coeffs:
+            continue
+        plain = TableCostModel({r.key: coeffs[r.key]})
+        residuals.setdefault(r.key, []).append(
+            r.mixed_time - plain.step_time(r.key, mixed_shape(r))
+        )
+    return {k: max(0.0, statistics.median(v)) for k, v in residuals.items()}
 
 
 def _prefill_variable(c: StepCoeffs, batch: BatchShape) -> float:

@@ -1,16 +1,37 @@
 """`fineserve sim --validate`: the simulator against the real CPU engine on the same workload.
 
 1. Make a small random-weight Llama folder (`fineserve make-model`), measure its CPU cost table
-   with the code of `fineserve profile` (`bench.profile.profile_rows`), fit it
-   (`TableCostModel.from_csv`).
-2. Serve a seeded Poisson workload with the real engine (torch executor, wall clock, KV Slab,
-   SAAB), requests injected at their arrival times, records noted as outputs stream out.
-3. Simulate the same requests on one GPU group with that cost table, the same arena, policy
-   and token budget.
-4. Report both summaries and the relative error of mean/p90 TTFT and TPOT and of attainment.
+   with the code of `fineserve profile` (`bench.profile.profile_rows`: a grid of the batch sizes
+   and prompt lengths the workload reaches, repeats interleaved, medians kept, in the arena of
+   the real run) right before the real run, fit it (`TableCostModel.from_csv`).
+2. Serve a seeded Poisson workload with the real engine (torch executor, one torch thread, KV
+   Slab, SAAB, scheduling with the table of step 1), requests injected at their arrival times,
+   records noted as outputs stream out. The engine is warmed up first (its first steps pay
+   one-off costs no table holds). Every step's batch shape and time is kept.
+3. Profile the same grid again right after the run and pool both profiles (per point, the
+   median of all runs): the table then describes the machine as it was around the run, and
+   `profile.drift_after_over_before` says how much its speed moved meanwhile.
+4. Simulate the same requests on one GPU group with the pooled table, the same arena, policy,
+   SLO and token budget.
+5. Report both summaries, the relative error of mean/p90 TTFT and TPOT and of attainment, and
+   `step_fidelity`: the pooled table's prediction of each real step over its measured time,
+   per step kind (how much of the error is the table's rather than the simulation's).
 
-This module drives a real engine, so it (and only it in `sim/`) uses the wall clock, through
-`engine.clock.WallClock`; torch is imported lazily by the engine's torch executor.
+Workload and SLO are set from the measured table, so they mean the same on a fast or slow
+machine: the arrival rate is `load` x the capacity the table predicts (`capacity_rps`), and the
+TTFT SLO is `slo_scale` x the solo TTFT of the mean prompt (as in the paper's experiments), not
+a point picked on the TTFT distribution. `attainment_by_scale` also compares both runs at other
+scales (measured against the same records, the scheduler having run with `slo_scale`).
+
+Clock (`clock`, default `"cpu"`, or the environment's `FINESERVE_VALIDATE_CLOCK`): profile and
+real run both time the engine on `bench.profile.ProcessClock` (this process's CPU seconds, idle
+gaps jumped) or both on the wall clock (`"wall"`). On a CPU shared with other processes the
+wall clock measures their load too, which changes between the profile and the run; the CPU
+clock measures the engine's own work, i.e. what a dedicated core would show. `conditions`
+says how loaded the machine was (load averages, the share of a core the run got).
+
+This module drives a real engine, so it (and only it in `sim/`) reads real clocks, through
+`engine.clock.WallClock` / `bench.profile.ProcessClock`; torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -20,7 +41,9 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +54,29 @@ from fineserve.workload.metrics import RequestRecord, measurement_window, summar
 
 NAME = "small-llama"
 TOKEN_BUDGET = 512
+PROMPT_LEN = (16, 200)  # inclusive-exclusive, as numpy's integers()
+OUTPUT_LEN = (4, 40)
+DECODE_BATCH = 8  # concurrency assumed when estimating capacity from the table
 KEYS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p90"))
+SCALES = (2.0, 3.0, 5.0, 10.0)
+CLOCK_ENV = "FINESERVE_VALIDATE_CLOCK"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One validation's sizes. Invariant: every field > 0; batch sizes / lengths are CSV ints."""
+
+    requests: int
+    load: float  # arrival rate / capacity predicted by the table
+    slo_scale: float  # TTFT SLO = slo_scale x solo TTFT of the mean prompt
+    batch_sizes: str
+    input_lens: str
+    output_len: int
+    repeats: int
+
+
+QUICK = Settings(300, 0.6, 5.0, "1,2,4,8,16", "16,64,128,256", 8, 2)
+FULL = Settings(1000, 0.6, 5.0, "1,2,4,8,12,16", "16,32,64,128,192,256", 12, 3)
 
 
 def _make_model(root: Path) -> Path:
@@ -41,63 +86,148 @@ def _make_model(root: Path) -> Path:
         return make_model.write_model(root / NAME, "llama", "small")
 
 
-def _profile(folder: Path, root: Path, quick: bool) -> Path:
+def _profile(
+    folder: Path, settings: Settings, clock: str, arena_tokens: int, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Profile rows of `folder` on `clock` in an arena of `arena_tokens` tokens."""
     from fineserve.bench.profile import profile_rows
-    from fineserve.costmodel.profile import write_profile
 
     args = argparse.Namespace(
-        model=folder, name=NAME, qformat="fp32",
-        batch_sizes="1,4,8" if quick else "1,2,4,8,16",
-        input_lens="32,128" if quick else "32,64,128,256",
-        output_len=6, repeats=1 if quick else 2,
+        model=folder, name=NAME, qformat="fp32", batch_sizes=settings.batch_sizes,
+        input_lens=settings.input_lens, output_len=settings.output_len,
+        repeats=settings.repeats, clock=clock, arena_tokens=arena_tokens,
     )  # fmt: skip
-    path = root / "cpu-profile.csv"
-    write_profile(path, profile_rows(args))
-    return path
+    return profile_rows(args, say)
+
+
+def _table(rows: list[dict[str, Any]], path: Path) -> Any:
+    """`TableCostModel` fitted to `rows` (written to `path` first, as `fineserve profile`)."""
+    from fineserve.costmodel.profile import write_profile
+    from fineserve.costmodel.table import TableCostModel
+
+    write_profile(path, rows)
+    return TableCostModel.from_csv(path)
 
 
 def workload(n: int, rate: float, seed: int) -> list[SimRequest]:
-    """Seeded Poisson arrivals with prompts of 16..200 and outputs of 4..40 tokens."""
+    """Seeded Poisson arrivals with prompts of 16..199 and outputs of 4..39 tokens."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1.0 / rate, size=n))
-    prompts = rng.integers(16, 200, size=n)
-    outputs = rng.integers(4, 40, size=n)
+    prompts = rng.integers(*PROMPT_LEN, size=n)
+    outputs = rng.integers(*OUTPUT_LEN, size=n)
     return [
         SimRequest(f"v{i}", NAME, float(t), int(p), int(o))
         for i, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
     ]
 
 
-def _real(folder: Path, reqs: list[SimRequest], arena: int, slo: float, cost: Any) -> list:
-    from fineserve.engine.clock import WallClock
+def capacity_rps(cost: Any, key: Any) -> float:
+    """Requests/s one instance sustains by the table: a mean prompt's prefill plus its mean
+    output decoded in batches of `DECODE_BATCH` at the mean context. Invariant: > 0."""
+    from fineserve.costmodel.base import BatchShape
+
+    prompt = sum(PROMPT_LEN) / 2
+    output = sum(OUTPUT_LEN) / 2
+    prefill = cost.step_time(key, BatchShape(prefill=((int(prompt), 0),)))
+    ctx = int(prompt + output / 2)
+    decode = cost.step_time(key, BatchShape(decode_context=(ctx,) * DECODE_BATCH))
+    return 1.0 / (prefill + output * decode / DECODE_BATCH)
+
+
+def _prompt(i: int, n: int) -> list[int]:
+    return [(7 * k + i) % 2000 + 3 for k in range(n)]
+
+
+def _warm_up(engine: Any, params: Any) -> None:
+    """A few requests through the engine before the clock starts (first calls pay one-off
+    costs: allocation, oneDNN primitives, lazy initialisation)."""
+    for i, n in enumerate((PROMPT_LEN[0], 64, PROMPT_LEN[1] - 1, 128)):
+        engine.add_request(f"warm{i}", NAME, _prompt(i, n), 4, sampling=params)
+    engine.run_until_idle()
+
+
+class _ShapeLog:
+    """Executor wrapper noting the batch shapes of the step it runs (for `step_fidelity`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.last: tuple[Any, ...] = ()
+
+    def execute(self, plan: Any) -> Any:
+        self.last = tuple(b.shape() for b in plan.batches)
+        return self.inner.execute(plan)
+
+
+def _real(
+    folder: Path, reqs: list[SimRequest], arena: int, slo: float, cost: Any, clock_kind: str
+) -> tuple[list[RequestRecord], dict[str, float], list[tuple[Any, float]]]:
+    """Records of the real engine on `reqs`, the run's clock/CPU/wall seconds, and every
+    non-empty step as (batch shape, seconds on the clock: plan + execution + update)."""
+    from fineserve.bench.profile import make_clock
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
     from fineserve.scheduler.local import SchedulerConfig
     from fineserve.sim.records import RecordBook
 
-    clock = WallClock()
+    clock = make_clock(clock_kind)
     engine, _ = load_torch_engine(
         [TorchModel(NAME, folder, ttft_slo_s=slo)], arena, cost, policy="saab",
         config=SchedulerConfig(token_budget=TOKEN_BUDGET), clock=clock,
     )  # fmt: skip
     params = SamplingParams(temperature=0.0, ignore_eos=True)
-    book = RecordBook()
-    pending = list(reqs)
+    _warm_up(engine, params)
+    log = engine.executor = _ShapeLog(engine.executor)
+    book, steps = RecordBook(), []
+    pending = list(reversed(reqs))  # pop() from the end = next arrival
+    cpu0, wall0 = time.process_time(), time.monotonic()
     t0 = clock.now()
     while pending or engine.has_work():
         now = clock.now() - t0
-        while pending and pending[0].arrival_s <= now:
-            r = pending.pop(0)
+        while pending and pending[-1].arrival_s <= now:
+            r = pending.pop()
             book.arrive(r.request_id, NAME, r.arrival_s, r.prompt_tokens, slo, None)
-            prompt = [(7 * k + len(pending)) % 2000 + 3 for k in range(r.prompt_tokens)]
-            engine.add_request(r.request_id, NAME, prompt, r.output_tokens, sampling=params,
-                               arrival_s=r.arrival_s + t0)  # fmt: skip
+            prompt = _prompt(len(pending), r.prompt_tokens)
+            engine.add_request(
+                r.request_id, NAME, prompt, r.output_tokens, sampling=params,
+                arrival_s=r.arrival_s + t0,
+            )  # fmt: skip
         if not engine.has_work():
-            clock.sleep_until(t0 + pending[0].arrival_s)
+            clock.sleep_until(t0 + pending[-1].arrival_s)
             continue
+        start = clock.now()
         outputs = engine.step()
-        book.apply(outputs, clock.now() - t0)
-    return book.values()
+        end = clock.now()
+        if log.last:
+            steps.append((log.last[0], end - start))
+            log.last = ()
+        book.apply(outputs, end - t0)
+    stats = {
+        "clock_s": clock.now() - t0,
+        "cpu_s": time.process_time() - cpu0,
+        "wall_s": time.monotonic() - wall0,
+    }
+    return book.values(), stats, steps
+
+
+def step_fidelity(cost: Any, key: Any, steps: Sequence[tuple[Any, float]]) -> dict[str, Any]:
+    """Per step kind (prefill, decode, mixed): steps, and the table's prediction over the
+    measured step as the median ratio and the ratio of sums (1.0 = exact). Separates the cost
+    table's error from the simulation's (queueing, batching) error."""
+    kinds: dict[str, list[tuple[float, float]]] = {}
+    for shape, seconds in steps:
+        if seconds <= 0:
+            continue
+        kind = "mixed" if shape.prefill and shape.decode_context else (
+            "prefill" if shape.prefill else "decode")  # fmt: skip
+        kinds.setdefault(kind, []).append((cost.step_time(key, shape), seconds))
+    return {
+        k: {
+            "steps": len(v),
+            "pred_over_real_median": float(np.median([p / r for p, r in v])),
+            "pred_over_real_sum": sum(p for p, _ in v) / sum(r for _, r in v),
+        }
+        for k, v in sorted(kinds.items())
+    }
 
 
 def _simulated(reqs: list[SimRequest], kv: Any, arena: int, slo: float, cost: Any) -> list:
@@ -121,13 +251,33 @@ def _rel(sim: float | None, real: float | None) -> float | None:
     return abs(sim - real) / abs(real)
 
 
-def compare(real: list[RequestRecord], simmed: list[RequestRecord]) -> dict[str, Any]:
-    """Summaries of both runs and the relative errors (sim vs real)."""
+def attainment_at(records: Sequence[RequestRecord], slo_s: float) -> float:
+    """Share of `records` that completed with TTFT <= `slo_s` (0.0 for no records)."""
+    if not records:
+        return 0.0
+    met = sum(1 for r in records if r.ttft_s is not None and r.ttft_s <= slo_s)
+    return met / len(records)
+
+
+def compare(
+    real: list[RequestRecord], simmed: list[RequestRecord], solo_s: float | None = None
+) -> dict[str, Any]:
+    """Summaries of both runs and the relative errors (sim vs real); with `solo_s` (the solo
+    TTFT the SLO is scaled from) also both attainments at each of `SCALES`."""
     window = max(measurement_window(real), measurement_window(simmed))
     a, b = summarize(real, window), summarize(simmed, window)
     errors = {f"{m}_{s}": _rel(b[m][s], a[m][s]) for m, s in KEYS}
     errors["slo_attainment"] = _rel(b["slo_attainment"], a["slo_attainment"])
-    return {"real": _brief(a), "sim": _brief(b), "relative_error": errors}
+    doc: dict[str, Any] = {"real": _brief(a), "sim": _brief(b), "relative_error": errors}
+    if solo_s is not None:
+        doc["attainment_by_scale"] = {
+            f"{k:g}": {
+                "real": attainment_at(real, k * solo_s),
+                "sim": attainment_at(simmed, k * solo_s),
+            }
+            for k in SCALES
+        }
+    return doc
 
 
 def _brief(s: dict[str, Any]) -> dict[str, Any]:
@@ -136,50 +286,131 @@ def _brief(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _clock_kind(clock: str | None) -> str:
+    kind = clock or os.environ.get(CLOCK_ENV) or "cpu"
+    if kind not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {kind!r}")
+    return kind
+
+
 def run_validation(
-    quick: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None
+    quick: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    clock: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """The validation document (see the module docstring)."""
-    from fineserve.costmodel.table import TableCostModel
-    from fineserve.execution.instance import load_instance
-    from fineserve.sim.workload import solo_ttft
-
     say = progress or (lambda _: None)
-    # one torch thread: profile and real run then see the same, steadier per-step cost on a
-    # shared machine (must be set before the engine imports torch)
+    kind = _clock_kind(clock)
+    cfg = settings or (QUICK if quick else FULL)
+    # one torch thread for profile and real run alike (env before torch loads, then torch)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fineserve-validate-") as tmp:
-        root = Path(tmp)
-        folder = _make_model(root)
-        say("profiling the CPU engine (fineserve profile code path) ...")
-        cost = TableCostModel.from_csv(_profile(folder, root, quick))
-        kv = load_instance(folder, None, None, 16, 0).kv_format
-        from fineserve.bench.profile import _arena_bytes
-
-        # the same arena rule as the profile: the CPU attention path's cost grows with it
-        arena = _arena_bytes(folder, 16 * 240)
-        reqs = workload(24 if quick else 60, 3.0 if quick else 4.0, seed)
-        from fineserve.sim.catalog import ModelType
-
-        probe = ModelType(NAME, "fp32", 1, kv, 1, max_model_len=4096)
-        slo = 3.0 * solo_ttft(cost, probe, 108, TOKEN_BUDGET)
-        say(f"serving {len(reqs)} requests on the real engine (TTFT SLO {slo * 1e3:.0f} ms) ...")
-        real = _real(folder, reqs, arena, slo, cost)
-        simmed = _simulated(reqs, kv, arena, slo, cost)
-    doc = compare(real, simmed)
-    doc.update(model=NAME, requests=len(reqs), ttft_slo_s=slo, target=0.15)
-    errs = [v for v in doc["relative_error"].values() if v is not None]
-    doc["max_relative_error"] = max(errs) if errs else None
+        doc = _validate_in(Path(tmp), cfg, kind, seed, say)
+    doc["conditions"] = {
+        "clock": kind,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
+    doc["conditions"].update(doc.pop("_run"))
     return doc
 
 
+def _validate_in(
+    root: Path, cfg: Settings, kind: str, seed: int, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Profile, real run, profile again, simulate (see the module docstring): the document
+    plus a `_run` entry of timings for `conditions`."""
+    from fineserve.bench.profile import _arena_bytes, drift, pool_rows
+    from fineserve.execution.instance import load_instance
+    from fineserve.sim.catalog import ModelType
+    from fineserve.sim.workload import solo_ttft
+
+    folder = _make_model(root)
+    arena_tokens = 16 * 240
+    arena = _arena_bytes(folder, arena_tokens)
+    start = time.monotonic()
+    before = _profile(folder, cfg, kind, arena_tokens, say)
+    cost = _table(before, root / "cpu-profile-before.csv")
+    kv = load_instance(folder, None, None, 16, 0).kv_format
+    probe = ModelType(NAME, "fp32", 1, kv, 1, max_model_len=4096)
+    key = probe.key
+    capacity = capacity_rps(cost, key)
+    reqs = workload(cfg.requests, cfg.load * capacity, seed)
+    solo = solo_ttft(cost, probe, sum(PROMPT_LEN) // 2, TOKEN_BUDGET)
+    slo = cfg.slo_scale * solo
+    say(
+        f"serving {len(reqs)} requests at {cfg.load * capacity:.1f} req/s ({cfg.load}x the "
+        f"table's capacity) on the real engine, TTFT SLO {slo * 1e3:.0f} ms, {kind} clock ..."
+    )
+    profile_s = time.monotonic() - start
+    real, run, steps = _real(folder, reqs, arena, slo, cost, kind)
+    say(
+        f"real run: {run['clock_s']:.1f} s engine time, {run['wall_s']:.1f} s wall; profiling again"
+    )
+    start = time.monotonic()
+    after = _profile(folder, cfg, kind, arena_tokens, say)
+    profile_s += time.monotonic() - start
+    pooled = _table(pool_rows(before, after), root / "cpu-profile.csv")
+    simmed = _simulated(reqs, kv, arena, slo, pooled)
+    doc = compare(real, simmed, solo)
+    errs = [v for v in doc["relative_error"].values() if v is not None]
+    doc.update(
+        model=NAME, requests=len(reqs), seed=seed, load=cfg.load, capacity_rps=capacity,
+        rate_rps=cfg.load * capacity, slo_scale=cfg.slo_scale, solo_ttft_s=solo,
+        ttft_slo_s=slo, target=0.15, max_relative_error=max(errs) if errs else None,
+        profile={"points": len(before), "repeats_before_and_after": cfg.repeats,
+                 "drift_after_over_before": drift(before, after),
+                 "fit": _fit_errors(pooled, key)},
+        step_fidelity=step_fidelity(pooled, key, steps),
+    )  # fmt: skip
+    doc["_run"] = {
+        "profile_wall_s": profile_s,
+        "real_wall_s": run["wall_s"],
+        "real_cpu_s": run["cpu_s"],
+        "real_clock_s": run["clock_s"],
+        "cpu_share": run["cpu_s"] / run["wall_s"] if run["wall_s"] > 0 else None,
+    }
+    return doc
+
+
+def _fit_errors(cost: Any, key: Any) -> dict[str, float]:
+    c = cost.coeffs(key)
+    return {
+        "prefill_err_mean": c.prefill_err_mean,
+        "prefill_err_max": c.prefill_err_max,
+        "decode_err_mean": c.decode_err_mean,
+        "decode_err_max": c.decode_err_max,
+    }
+
+
 def format_validation(doc: dict[str, Any]) -> str:
-    lines = [f"validation: {doc['requests']} requests on {doc['model']} (CPU)"]
-    lines.append(f"{'metric':<20} {'real':>10} {'sim':>10} {'rel.err':>8}")
+    lines = [
+        f"validation: {doc['requests']} requests on {doc['model']} (CPU) at "
+        f"{doc.get('rate_rps', 0.0):.1f} req/s, TTFT SLO {doc['ttft_slo_s'] * 1e3:.0f} ms",
+        f"{'metric':<20} {'real':>10} {'sim':>10} {'rel.err':>8}",
+    ]
     for key, err in doc["relative_error"].items():
         r, s = doc["real"][key], doc["sim"][key]
         lines.append(
             f"{key:<20} {_num(r):>10} {_num(s):>10} {'-' if err is None else f'{err:.3f}':>8}"
+        )
+    for scale, pair in doc.get("attainment_by_scale", {}).items():
+        lines.append(
+            f"{'attainment @' + scale + 'x':<20} {_num(pair['real']):>10} {_num(pair['sim']):>10}"
+        )
+    cond = doc.get("conditions")
+    if cond:
+        lines.append(
+            f"clock {cond['clock']}, load average {cond['loadavg_before'][0]:.2f} -> "
+            f"{cond['loadavg_after'][0]:.2f}, real run got {_num(cond.get('cpu_share'))} of a core"
         )
     return "\n".join(lines)
 

@@ -1,0 +1,60 @@
+"""`bench.profile` helpers that need no engine: the process clock, pooling, drift."""
+
+from __future__ import annotations
+
+import pytest
+
+from fineserve.bench.profile import ProcessClock, _row, drift, make_clock, pool_rows
+from fineserve.engine.clock import WallClock
+
+
+def test_process_clock_jumps_idle_gaps_and_never_goes_back() -> None:
+    clock = ProcessClock()
+    t0 = clock.now()
+    clock.sleep_until(t0 + 1000.0)  # returns at once: the gap is skipped, not waited
+    t1 = clock.now()
+    assert t1 >= t0 + 1000.0
+    clock.sleep_until(t0)  # in the past: nothing happens
+    sum(i * i for i in range(20000))  # some CPU work moves it forward
+    assert clock.now() >= t1
+
+
+def test_make_clock_kinds() -> None:
+    assert isinstance(make_clock("wall"), WallClock)
+    assert isinstance(make_clock("cpu"), ProcessClock)
+    with pytest.raises(ValueError, match="unknown clock"):
+        make_clock("gpu")
+
+
+def _table(scale: float) -> list[dict]:
+    return [
+        _row("m", "fp32", b, n, 8, [(scale * b * n, scale * b, scale * 2 * b)])
+        for b in (1, 4)
+        for n in (16, 64)
+    ]
+
+
+def test_pool_rows_takes_medians_over_every_run() -> None:
+    pooled = pool_rows(_table(1.0), _table(2.0), _table(10.0))
+    assert [(r["batch_size"], r["input_len"]) for r in pooled] == [
+        (1, 16),
+        (1, 64),
+        (4, 16),
+        (4, 64),
+    ]
+    first = pooled[0]
+    assert first["prefill_runs"] == [16.0, 32.0, 160.0]
+    assert first["prefill_time"] == 32.0  # the median, not the mean
+    assert first["tpot"] == 2.0
+    assert first["mixed_time"] == 4.0
+    assert first["decode_time"] == pytest.approx(7 * 2.0)
+
+
+def test_pool_rows_rejects_a_missing_point() -> None:
+    with pytest.raises(ValueError, match="not in every table"):
+        pool_rows(_table(1.0), _table(1.0)[:2])
+
+
+def test_drift_is_after_over_before() -> None:
+    assert drift(_table(1.0), _table(1.5)) == pytest.approx({"prefill": 1.5, "tpot": 1.5})
+    assert drift(_table(1.0), []) == {"prefill": 1.0, "tpot": 1.0}

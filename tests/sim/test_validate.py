@@ -1,0 +1,92 @@
+"""`sim.validate` logic that needs no engine run: workload, capacity, comparison, fidelity."""
+
+from __future__ import annotations
+
+import pytest
+
+from fineserve.costmodel.base import BatchShape, InstanceKey
+from fineserve.sim import validate as v
+from fineserve.sim.executor import LinearCostModel
+from fineserve.workload.metrics import RequestRecord
+
+KEY = InstanceKey(v.NAME, "fp32")
+
+
+def _rec(
+    arrival: float, ttft: float | None, out: int = 5, error: str | None = None
+) -> RequestRecord:
+    first = None if ttft is None else arrival + ttft
+    finish = None if first is None else first + 0.01 * (out - 1)
+    return RequestRecord(v.NAME, arrival, first, finish, 10, out, slo_ttft_s=0.1, error=error)
+
+
+def test_workload_is_seeded_and_within_bounds() -> None:
+    a, b = v.workload(50, 10.0, 3), v.workload(50, 10.0, 3)
+    assert a == b
+    assert a != v.workload(50, 10.0, 4)
+    assert all(v.PROMPT_LEN[0] <= r.prompt_tokens < v.PROMPT_LEN[1] for r in a)
+    assert all(v.OUTPUT_LEN[0] <= r.output_tokens < v.OUTPUT_LEN[1] for r in a)
+    assert [r.arrival_s for r in a] == sorted(r.arrival_s for r in a)
+
+
+def test_capacity_falls_when_steps_cost_more() -> None:
+    cheap = v.capacity_rps(LinearCostModel(fixed_s=0.001), KEY)
+    dear = v.capacity_rps(LinearCostModel(fixed_s=0.010), KEY)
+    assert cheap > dear > 0
+
+
+def test_attainment_at_counts_completed_requests_within_the_slo() -> None:
+    recs = [_rec(0.0, 0.05), _rec(1.0, 0.2), _rec(2.0, None), _rec(3.0, 0.01, error="rejected")]
+    assert v.attainment_at(recs, 0.1) == pytest.approx(0.25)
+    assert v.attainment_at(recs, 1.0) == pytest.approx(0.5)
+    assert v.attainment_at([], 1.0) == 0.0
+
+
+def test_compare_reports_relative_errors_and_scales() -> None:
+    real = [_rec(float(i), 0.1) for i in range(10)]
+    sim = [_rec(float(i), 0.12) for i in range(10)]
+    doc = v.compare(real, sim, solo_s=0.0375)
+    assert doc["relative_error"]["ttft_s_mean"] == pytest.approx(0.2)
+    assert doc["relative_error"]["ttft_s_p90"] == pytest.approx(0.2)
+    # 2x solo = 75 ms: both miss; 3x = 112.5 ms: real (100 ms) meets, sim (120 ms) misses
+    assert doc["attainment_by_scale"]["2"] == {"real": 0.0, "sim": 0.0}
+    assert doc["attainment_by_scale"]["3"] == {"real": 1.0, "sim": 0.0}
+    assert doc["attainment_by_scale"]["5"] == {"real": 1.0, "sim": 1.0}
+    assert "attainment_by_scale" not in v.compare(real, sim)
+
+
+def test_step_fidelity_groups_by_kind() -> None:
+    cost = LinearCostModel(fixed_s=0.01, per_token_s=0.0, per_context_s=0.0)
+    steps = [
+        (BatchShape(decode_context=(10,)), 0.01),
+        (BatchShape(decode_context=(10, 20)), 0.02),
+        (BatchShape(prefill=((5, 0),)), 0.005),
+        (BatchShape(prefill=((5, 0),), decode_context=(3,)), 0.01),
+        (BatchShape(decode_context=(1,)), 0.0),  # not timed: left out
+    ]
+    fid = v.step_fidelity(cost, KEY, steps)
+    assert fid["decode"]["steps"] == 2
+    assert fid["decode"]["pred_over_real_median"] == pytest.approx(0.75)
+    assert fid["decode"]["pred_over_real_sum"] == pytest.approx(2 * 0.01 / 0.03)
+    assert fid["prefill"]["pred_over_real_sum"] == pytest.approx(2.0)
+    assert fid["mixed"]["pred_over_real_sum"] == pytest.approx(1.0)
+
+
+def test_clock_kind_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(v.CLOCK_ENV, raising=False)
+    assert v._clock_kind(None) == "cpu"
+    monkeypatch.setenv(v.CLOCK_ENV, "wall")
+    assert v._clock_kind(None) == "wall"
+    assert v._clock_kind("cpu") == "cpu"
+    with pytest.raises(ValueError, match="clock"):
+        v._clock_kind("gpu")
+
+
+def test_format_mentions_conditions() -> None:
+    real = [_rec(float(i), 0.1) for i in range(4)]
+    doc = v.compare(real, real, solo_s=0.05)
+    doc.update(model=v.NAME, requests=4, rate_rps=2.0, ttft_slo_s=0.25)
+    doc["conditions"] = {"clock": "cpu", "loadavg_before": (1.0, 1.0, 1.0),
+                         "loadavg_after": (2.0, 1.0, 1.0), "cpu_share": 0.5}  # fmt: skip
+    text = v.format_validation(doc)
+    assert "clock cpu" in text and "0.5000 of a core" in text and "attainment @5x" in text

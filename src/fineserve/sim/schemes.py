@@ -73,7 +73,7 @@ SCHEMES: Mapping[str, SchemeSpec] = {
     ),
     "fineserve_plus": SchemeSpec(
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
-        policy_options=(("tpot_budget", True),),
+        policy_options=(("tpot_budget", True), ("fewest_misses", True)),
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes",
     ),
 }  # fmt: skip

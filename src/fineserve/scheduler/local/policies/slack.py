@@ -8,7 +8,14 @@
 - an optional TPOT-aware token budget (`SlackPolicy(tpot_budget=True)`): prefill chunks are cut
   so the predicted step, decodes of every co-located model included, stays within the tightest
   TPOT SLO of the models decoding now. Off by default: where per-step overhead dominates (the
-  CPU engine) small chunks cost more prefill throughput than they save in TPOT.
+  CPU engine) small chunks cost more prefill throughput than they save in TPOT;
+- an optional fewest-misses admission (`SlackPolicy(fewest_misses=True)`, Moore-Hodgson): in
+  the same earliest-deadline walk, when a request would finish past its deadline, the fresh
+  request with the longest predicted prefill among those admitted so far (itself included) is
+  the one given up, not necessarily the late one. On one server with known service times this
+  order maximises the number of requests that meet their deadlines (Moore 1968), which is what
+  SLO attainment counts; giving up one long prompt lets several short ones behind it make it.
+  Requests already started (partly prefilled, preempted) are never given up. Off by default.
 """
 
 from __future__ import annotations
@@ -55,31 +62,79 @@ def tpot_token_budget(first: Sequence, ctx: PolicyContext) -> int:
 class SlackPolicy(Policy):
     name = "slack"
 
-    def __init__(self, tpot_budget: bool = False) -> None:
+    def __init__(self, tpot_budget: bool = False, fewest_misses: bool = False) -> None:
         self.tpot_budget = tpot_budget
+        self.fewest_misses = fewest_misses
 
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
         kept, rejected = split_unmeetable(waiting, ctx)
         kept.sort(key=lambda s: (s.best_effort, s.deadline_s, s.arrival_s))
-        decode_s = ctx.predictor.batch_time({}, ctx.decodes)  # rides along in every step
-        on_time: list[Sequence] = []
+        walk = _fewest_misses if self.fewest_misses else _cumulative
+        on_time, given_up = walk(kept, ctx)
         late: list[Sequence] = []
-        t = ctx.now
-        for seq in kept:
-            steps = -(-seq.pending // ctx.token_budget)
-            done = t + ctx.predictor.prefill_alone(seq) + steps * decode_s
-            if seq.fresh and (seq.best_effort or done > seq.deadline_s):
-                if ctx.unmeetable == REJECT and not seq.best_effort:
-                    rejected.append(seq)
-                else:
-                    seq.best_effort = True
-                    late.append(seq)
-                continue
-            on_time.append(seq)
-            t = done
+        for seq in given_up:
+            if ctx.unmeetable == REJECT and not seq.best_effort:
+                rejected.append(seq)
+            else:
+                seq.best_effort = True
+                late.append(seq)
         order = on_time + late
         budget = tpot_token_budget(order[0], ctx) if order and self.tpot_budget else None
         return Admission(order=order, rejected=rejected, token_budget=budget)
 
     def decode_limit(self, model: ServedModel, running: Seqs[Sequence], ctx: PolicyContext) -> int:
         return tpot_decode_limit(model, running, ctx)
+
+
+def _cost_s(seq: Sequence, ctx: PolicyContext, decode_s: float) -> float:
+    """Predicted seconds `seq`'s prefill adds to the queue: its prefill alone plus the running
+    decodes that ride along in each of its steps."""
+    steps = -(-seq.pending // ctx.token_budget)
+    return ctx.predictor.prefill_alone(seq) + steps * decode_s
+
+
+def _cumulative(kept: list[Sequence], ctx: PolicyContext) -> tuple[list[Sequence], list[Sequence]]:
+    """Earliest deadline first; a fresh request that would finish past its deadline behind the
+    ones ahead (or is already best-effort) is given up. Returns (on time, given up), both in
+    deadline order."""
+    decode_s = ctx.predictor.batch_time({}, ctx.decodes)  # rides along in every step
+    on_time: list[Sequence] = []
+    given_up: list[Sequence] = []
+    t = ctx.now
+    for seq in kept:
+        done = t + _cost_s(seq, ctx, decode_s)
+        if seq.fresh and (seq.best_effort or done > seq.deadline_s):
+            given_up.append(seq)
+            continue
+        on_time.append(seq)
+        t = done
+    return on_time, given_up
+
+
+def _fewest_misses(
+    kept: list[Sequence], ctx: PolicyContext
+) -> tuple[list[Sequence], list[Sequence]]:
+    """Moore-Hodgson over the earliest-deadline order: add each request; while the last one
+    admitted would finish past its deadline, give up the admitted fresh request with the
+    longest predicted prefill (if none is fresh, keep going: started work is never dropped).
+    Invariant: every request is in exactly one of the two lists; the on-time list keeps the
+    deadline order, so its prefix sums are the predicted finish times."""
+    decode_s = ctx.predictor.batch_time({}, ctx.decodes)
+    on_time: list[Sequence] = []
+    given_up: list[Sequence] = [s for s in kept if s.fresh and s.best_effort]
+    cost: dict[int, float] = {}
+    t = ctx.now
+    for seq in kept:
+        if seq.fresh and seq.best_effort:
+            continue
+        cost[id(seq)] = c = _cost_s(seq, ctx, decode_s)
+        on_time.append(seq)
+        t += c
+        if t > seq.deadline_s:
+            droppable = [s for s in on_time if s.fresh]
+            if droppable:
+                worst = max(droppable, key=lambda s: cost[id(s)])
+                on_time.remove(worst)
+                given_up.append(worst)
+                t -= cost[id(worst)]
+    return on_time, given_up

@@ -37,6 +37,35 @@ def test_defrag_does_not_move_when_nothing_can_empty() -> None:
     assert plan_defrag(alloc) == []
 
 
+def test_defrag_plans_only_sources_it_can_empty_completely() -> None:
+    alloc = SlabAllocator(8 * 1024, [ModelKV("m", FMT)], slab_bytes=1024, keep_empty=0)
+    pages = alloc.allocate("m", 16)  # slabs 0..3, four pages each
+    # live pages per slab: 1, 2, 3, 3 -> 3 + 2 + 1 + 1 = 7 free pages in partly used slabs
+    alloc.free("m", pages[1:4] + pages[6:8] + pages[11:12] + pages[15:16])
+    moves = plan_defrag(alloc)
+    # slab 0 (1 live page) empties into the two free pages left in the fuller slabs; slab 1
+    # (2 live pages) would need the 2 pages that slab 0's page has just taken, so it stays
+    assert len(moves) == 1 and moves[0].src == pages[0]
+    sources = {alloc.model_pool("m").page_unit[m.src] for m in moves}
+    apply_moves(alloc, moves)
+    assert not sources & set(alloc.slabs_of("m"))  # every source slab went back
+    alloc.check_integrity()
+
+
+def test_defrag_for_a_waiting_model_compacts_the_other_pools_first() -> None:
+    small = KVFormat(1, 1, 8, KVDtype.FP16, 4)  # 128-byte pages, 8 per slab
+    alloc = SlabAllocator(
+        8 * 1024, [ModelKV("x", FMT), ModelKV("y", small)], slab_bytes=1024, keep_empty=0
+    )
+    x, y = alloc.allocate("x", 8), alloc.allocate("y", 16)
+    alloc.free("x", x[1:4] + x[7:8])  # x: 1 + 3 live pages, one move empties a slab
+    alloc.free("y", y[1:8] + y[15:16])  # y: 1 + 7 live pages, one move empties a slab
+    # a pool's own stranded pages are already the waiting model's: spend the budget elsewhere
+    assert [m.model for m in plan_defrag(alloc, max_moves=1, for_model="x")] == ["y"]
+    assert [m.model for m in plan_defrag(alloc, max_moves=1, for_model="y")] == ["x"]
+    assert sorted(m.model for m in plan_defrag(alloc, for_model="x")) == ["x", "y"]
+
+
 def test_grant_order_puts_reserve_then_urgency_then_mme_first() -> None:
     big, small = KVFormat(2, 2, 16, KVDtype.FP16, 4), KVFormat(2, 2, 16, KVDtype.INT4, 4)
     alloc = SlabAllocator(

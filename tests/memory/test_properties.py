@@ -58,7 +58,17 @@ def run_ops(scheme: str, ops: list, arena: int, reserve: str | None, models: lis
                 raise AssertionError("freeing a page twice in one call was accepted")
         elif kind == "defrag" and isinstance(alloc, SlabAllocator):
             moves = plan_defrag(alloc, max_moves=k)
+            assert len(moves) <= k
+            sources = {
+                (id(alloc.model_pool(mv.model)), alloc.model_pool(mv.model).page_unit[mv.src])
+                for mv in moves
+            }
             apply_moves(alloc, moves)
+            for pool_id, unit in sources:  # every source slab empties (kept spare or returned)
+                pool = next(
+                    alloc.model_pool(m) for m in MODEL_NAMES if id(alloc.model_pool(m)) == pool_id
+                )
+                assert pool.used.get(unit, 0) == 0, f"defrag left live pages in source slab {unit}"
             for mv in moves:
                 pages = held[mv.model]
                 pages[pages.index(mv.src)] = mv.dst

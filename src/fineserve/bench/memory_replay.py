@@ -124,17 +124,23 @@ class MemoryReplay:
         return self.result
 
     def _admit(self, step: int) -> None:
-        for model, queue in self.queues.items():
-            while queue:
-                req = queue[0]
-                need = -(-(req.prompt + 1) // self.tpp[model])
-                if not self._try_alloc(req, need):
-                    req.waited = True
-                    break
-                queue.popleft()
-                req.start = step
-                self.running[model].append(req)
-                self._schedule(req, step)
+        """Admit queue heads, first come first served per model. A compaction triggered by
+        one model's failed head can make room for another's, so a pass that moved pages is
+        followed by another."""
+        moved = -1
+        while moved != self.result.pages_moved:
+            moved = self.result.pages_moved
+            for model, queue in self.queues.items():
+                while queue:
+                    req = queue[0]
+                    need = -(-(req.prompt + 1) // self.tpp[model])
+                    if not self._try_alloc(req, need):
+                        req.waited = True
+                        break
+                    queue.popleft()
+                    req.start = step
+                    self.running[model].append(req)
+                    self._schedule(req, step)
 
     def _schedule(self, req: ReplayRequest, step: int) -> None:
         capacity = len(req.pages) * self.tpp[req.model]
@@ -173,7 +179,7 @@ class MemoryReplay:
         """Allocate n pages for `req`; when memory is short, defragment once and retry."""
         if self._alloc_timed(req, n):
             return True
-        return self._compact() and self._alloc_timed(req, n)
+        return self._compact(req.model) and self._alloc_timed(req, n)
 
     def _alloc_timed(self, req: ReplayRequest, n: int) -> bool:
         """Time successful allocations only: a failed attempt is the scheduler's cost."""
@@ -205,16 +211,22 @@ class MemoryReplay:
         sample["pressure"] = float(any(q for q in self.queues.values()))
         self.result.samples.append(sample)
 
-    def _compact(self) -> bool:
+    def _compact(self, for_model: str | None = None) -> bool:
         """Defragment a slab arena whose stranded pages exceed the threshold; True if any
-        page moved (the executor would copy them and the engine update block tables)."""
+        page moved (the executor would copy them and the engine update block tables).
+
+        `for_model` waits for memory: other pools are compacted first, since their emptied
+        slabs go back to the arena for it. A compaction that spends its whole move budget
+        may have more to do, so the next shortage may compact again even without a free."""
         alloc = self.alloc
         if not isinstance(alloc, SlabAllocator) or not self._freed_since_compaction:
             return False
         self._freed_since_compaction = False
         if stranded_fraction(alloc) <= self.config.defrag_threshold:
             return False
-        moves = plan_defrag(alloc, self.config.defrag_max_moves)
+        budget = self.config.defrag_max_moves
+        moves = plan_defrag(alloc, budget, for_model)
+        self._freed_since_compaction = len(moves) >= budget
         owner = {(r.model, p): r for rs in self.running.values() for r in rs for p in r.pages}
         apply_moves(alloc, moves)
         for move in moves:

@@ -1,27 +1,67 @@
-"""`fineserve bench local --scenario default --policy P[,P...] [--json]`: the local scheduler
-driving the real CPU engine.
+"""`fineserve bench local --scenario default --policy P[,P...] [--repeats R] [--json]`: the local
+scheduler driving the real CPU engine.
 
 Scenario `default`: three `tiny` models of different precision (Llama FP16, Qwen2 AWQ, Mistral
 FP8 with an FP8 KV cache) made once with `fineserve make-model` into `--models-dir`, sharing one
-KV Slab arena. Their step times are measured once with `fineserve profile` (cached CSV next to
-the models) and that table is the cost model the policies predict with. Capacity (requests/s
-the three sustain together) is estimated from the table; Poisson arrivals at `--load` times
-capacity (1.5 by default; `overload` scenario: 2.5) with power-law model popularity run for
-`--duration` seconds per policy on the wall clock, then drain. Reported per policy and model:
-TTFT/TPOT p50/p90/p99, SLO attainment, goodput, tokens/s, preemptions, rejections, and pages
-leaked (must be 0); plus `sched_us_per_step`, the scheduler's own time per step with 256
-running sequences over 4 models under the simulated executor.
+KV Slab arena. Their step times are measured with `fineserve profile` right before the runs (on
+the bench's clock; `--reuse-profile` takes the cached CSV next to the models instead) and that
+table is the cost model the policies predict with. Capacity (requests/s the three sustain
+together) is estimated from the table; Poisson arrivals at `--load` times capacity (scenario
+`default`: 1.5; `overload`: 2.5; `tight`: 1.5 in a 0.5 MiB arena, so pages run out and
+preemption and arbitration act) with power-law model popularity run for `--duration` seconds
+per run, then drain.
+
+Robustness on a shared machine: every policy runs `--repeats` times (default 3), interleaved
+round by round (each round rotates the order: fcfs, saab, prism, slack; saab, prism, slack,
+fcfs; ...), so a change of the machine's load hits every policy alike; the report gives per
+policy the median of its runs and their spread (min, max), and `saab_over_fcfs` (ratio of the
+median attainments) plus `saab_over_fcfs_paired` (median over rounds of that round's ratio).
+`--clock cpu` (default) runs the engine on `bench.profile.ProcessClock`: time is this process's
+CPU seconds (idle gaps jumped), so arrivals, TTFT and TPOT are relative to the work the engine
+did, not to time slices other processes took; `--clock wall` is the plain wall clock. CPU
+seconds still stretch when other processes share the machine (by up to ~1.8x on the shared
+2-core VM), so each run reports the load it saw: `cpu_share` (CPU seconds / wall seconds) and
+`speed_factor` (its engine steps' measured time over the table's prediction of the same
+batches; 1.0 = as fast as when profiled). `--calibrate` measures the speed right before each
+run instead (`calibrate`: one small batch per model) and scales that run's arrival times,
+SLOs and the cost model the policy predicts with by it; on the shared VM that sample (~0.1 s)
+proved noisier than the drift it corrects (factors 0.55..1.04 within a minute), so it is off
+by default.
+
+Reported per policy and model: TTFT/TPOT p50/p90/p99, SLO attainment, goodput, tokens/s,
+preemptions, rejections, and pages leaked (must be 0, max over runs); plus
+`sched_us_per_step`, the scheduler's own time per step with 256 running sequences over 4
+models under the simulated executor.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = {"default": 1.5, "overload": 2.5}
+
+@dataclass(frozen=True)
+class Scenario:
+    """Load (multiple of estimated capacity) and KV arena size. Invariant: both > 0."""
+
+    load: float
+    arena_mib: float
+
+
+SCENARIOS = {
+    "default": Scenario(1.5, 4.0),
+    "overload": Scenario(2.5, 4.0),
+    "tight": Scenario(1.5, 0.5),
+}
 MODELS = (
     ("llama-fp16", "llama", "fp16"),
     ("qwen-awq", "qwen2", "awq"),
@@ -39,12 +79,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir", type=Path, default=Path.home() / ".cache/fineserve/bench-local"
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of arrivals")
     parser.add_argument("--load", type=float, help="multiple of capacity (default: scenario's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arena-mib", type=int, default=4)
+    parser.add_argument("--arena-mib", type=float, help="KV arena MiB (default: scenario's)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per policy, interleaved")
+    parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="engine clock")
+    parser.add_argument(
+        "--reuse-profile", action="store_true", help="use the cached CPU profile if present"
+    )
+    parser.add_argument(
+        "--calibrate", action="store_true", help="scale each run by the speed measured before it"
+    )
     parser.add_argument("--sched-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def ensure_models(root: Path) -> dict[str, Path]:
@@ -57,13 +106,20 @@ def ensure_models(root: Path) -> dict[str, Path]:
     }
 
 
-def ensure_profile(root: Path, folders: dict[str, Path]) -> Path:
-    """A CPU profile table of every model (measured once, cached as `cpu-profile.csv`)."""
+def ensure_profile(
+    root: Path,
+    folders: dict[str, Path],
+    clock: str = "cpu",
+    reuse: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """A CPU profile table of every model on `clock`, cached as `cpu-profile-<clock>.csv`;
+    measured now unless `reuse` and the cache exists."""
     from fineserve.bench import profile
     from fineserve.costmodel.profile import write_profile
 
-    path = root / "cpu-profile.csv"
-    if path.is_file():
+    path = root / f"cpu-profile-{clock}.csv"
+    if reuse and path.is_file():
         return path
     rows: list[dict[str, Any]] = []
     for name, folder in folders.items():
@@ -73,9 +129,10 @@ def ensure_profile(root: Path, folders: dict[str, Path]) -> Path:
             [
                 *("--model", str(folder), "--name", name, "--qformat", _q(name)),
                 *("--batch-sizes", "1,4,16", "--input-lens", "32,128", "--output-len", "8"),
+                *("--clock", clock),
             ]
         )
-        rows += profile.profile_rows(args)
+        rows += profile.profile_rows(args, say)
     write_profile(path, rows)
     return path
 
@@ -119,6 +176,59 @@ def make_workload(
         out.append((t, model, [rng.randrange(3, 400) for _ in range(n)], rng.randint(*OUTPUT_LEN)))
 
 
+class ScaledCost:
+    """A cost model whose step times are `factor` x `inner`'s (the machine's speed now).
+    Invariant: factor > 0, so monotonicity and zero for an empty batch carry over."""
+
+    def __init__(self, inner: Any, factor: float) -> None:
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        self.inner = inner
+        self.factor = factor
+
+    def step_time(self, key: Any, batch: Any) -> float:
+        return float(self.factor * self.inner.step_time(key, batch))
+
+    def supports(self, key: Any) -> bool:
+        return bool(self.inner.supports(key))
+
+
+def calibrate(
+    folders: dict[str, Path], cost: Any, keys: dict[str, Any], clock: str, repeats: int = 2
+) -> float:
+    """The engine's speed now relative to the table: median over models and `repeats` of
+    (measured prefill of 4 x 64 tokens + 7 decode steps) / (the table's prediction of the
+    same). > 1 means the machine runs slower than when it was profiled."""
+    from fineserve.bench.profile import measure_point
+    from fineserve.costmodel.base import BatchShape
+
+    batch, prompt, out = 4, 64, 8
+    ratios = []
+    for _ in range(repeats):
+        for name, folder in folders.items():
+            pre, tpot, _ = measure_point(folder, batch, prompt, out, name, clock)
+            key = keys[name]
+            want = cost.step_time(key, BatchShape(prefill=((prompt, 0),) * batch))
+            ctx = (prompt + out // 2,) * batch
+            want += (out - 1) * cost.step_time(key, BatchShape(decode_context=ctx))
+            ratios.append((pre + (out - 1) * tpot) / want)
+    return float(statistics.median(ratios))
+
+
+def scale_run(
+    plan: dict[str, Any], workload: list[tuple[float, str, list[int], int]], factor: float
+) -> tuple[dict[str, Any], list[tuple[float, str, list[int], int]]]:
+    """`plan` and `workload` on a machine `factor` x slower: arrival offsets and SLOs times
+    `factor`, rates divided by it; the requests themselves are unchanged."""
+    slos = {
+        n: {k: v * factor if k.endswith("_s") else v for k, v in slo.items()}
+        for n, slo in plan["slos"].items()
+    }
+    scaled = dict(plan, slos=slos, capacity_rps=plan["capacity_rps"] / factor)
+    scaled["rate_rps"] = plan["rate_rps"] / factor
+    return scaled, [(t * factor, m, p, n) for t, m, p, n in workload]
+
+
 def run_policy(
     policy: str,
     folders: dict[str, Path],
@@ -139,16 +249,21 @@ def run_policy(
         )
         for n, f in folders.items()
     ]
+    from fineserve.bench.profile import make_clock
+
     engine, _ = load_torch_engine(
         models,
-        args.arena_mib << 20,
+        int(args.arena_mib * (1 << 20)),
         cost,
         policy=policy,
         config=SchedulerConfig(token_budget=256, max_running=64),
+        clock=make_clock(args.clock),
     )
     params = SamplingParams(temperature=0.0, ignore_eos=True)
+    speed = engine.executor = _SpeedLog(engine.executor, cost)
     records: dict[str, RequestRecord] = {}
     clock, t0, nxt = engine.clock, engine.clock.now(), 0
+    cpu0, wall0 = time.process_time(), time.monotonic()
     deadline = t0 + args.duration + 60.0
     while nxt < len(workload) or engine.has_work():
         now = clock.now()
@@ -173,11 +288,36 @@ def run_policy(
         _record(outputs, records, clock.now())
         if not engine.has_work() and nxt < len(workload):
             clock.sleep_until(t0 + workload[nxt][0])
+    wall = time.monotonic() - wall0
     summary = summarize(records.values(), measurement_window(records.values()))
     alloc = engine.scheduler.pages.allocator
     alloc.check_integrity()
     stats = engine.scheduler.stats
-    return _shape(summary, stats, sum(alloc.used_pages(m) for m in alloc.model_names))
+    out = _shape(summary, stats, sum(alloc.used_pages(m) for m in alloc.model_names))
+    out.update(wall_s=wall, cpu_share=(time.process_time() - cpu0) / wall if wall > 0 else None)
+    out["speed_factor"] = speed.factor()
+    return out
+
+
+class _SpeedLog:
+    """Executor wrapper summing each step's execution time and the cost model's prediction
+    of the same batches (run one after another), for `speed_factor`."""
+
+    def __init__(self, inner: Any, cost: Any) -> None:
+        self.inner = inner
+        self.cost = cost
+        self.measured = 0.0
+        self.predicted = 0.0
+
+    def execute(self, plan: Any) -> Any:
+        result = self.inner.execute(plan)
+        self.measured += result.duration_s
+        self.predicted += sum(self.cost.step_time(b.key, b.shape()) for b in plan.batches)
+        return result
+
+    def factor(self) -> float | None:
+        """Measured over predicted execution seconds (None before any step)."""
+        return self.measured / self.predicted if self.predicted > 0 else None
 
 
 def _q(name: str) -> str:
@@ -224,51 +364,204 @@ def run(args: argparse.Namespace) -> int:
 
     from fineserve.costmodel.base import InstanceKey
     from fineserve.costmodel.registry import make_cost_model
-    from fineserve.engine.overhead import measure_sched_us
-    from fineserve.scheduler.local import POLICIES
 
     torch.set_num_threads(args.threads)
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    policies = _policies(args.policy)
+    if args.repeats < 1:
+        from fineserve.cli import CliError
+
+        raise CliError("--repeats must be >= 1")
+    say = _progress(args.quiet)
+    scenario = SCENARIOS[args.scenario]
+    if args.arena_mib is None:
+        args.arena_mib = scenario.arena_mib
+    args.models_dir.mkdir(parents=True, exist_ok=True)
+    folders = ensure_models(args.models_dir)
+    started = time.monotonic()
+    path = ensure_profile(args.models_dir, folders, args.clock, args.reuse_profile, say)
+    cost = make_cost_model(f"table:{path}")
+    keys = {n: InstanceKey(n, _q(n)) for n in folders}
+    load = args.load if args.load is not None else scenario.load
+    plan = plan_load(cost, keys, load)
+    workload = make_workload(
+        list(folders), plan["shares"], plan["rate_rps"], args.duration, args.seed
+    )
+    load_before = os.getloadavg()
+
+    def run_one(policy: str) -> dict[str, Any]:
+        if not args.calibrate:
+            return run_policy(policy, folders, cost, plan, workload, args)
+        factor = calibrate(folders, cost, keys, args.clock)
+        run_plan, run_load = scale_run(plan, workload, factor)
+        res = run_policy(policy, folders, ScaledCost(cost, factor), run_plan, run_load, args)
+        res["calibrated_factor"] = factor
+        res["speed_factor"] /= factor  # measured against the scaled table: undo the scaling
+        return res
+
+    runs = run_rounds(policies, args.repeats, say, run_one)
+    result = {
+        "scenario": args.scenario,
+        "load": load,
+        "arena_mib": args.arena_mib,
+        "capacity_rps": plan["capacity_rps"],
+        "rate_rps": plan["rate_rps"],
+        "requests": len(workload),
+        "repeats": args.repeats,
+        "clock": args.clock,
+        "policies": {p: aggregate(runs[p]) for p in policies},
+    }
+    result.update(ratios(result["policies"], runs))
+    sched = _sched_us(policies, args.sched_steps)
+    for p in policies:
+        result["policies"][p]["sched_us_per_step"] = sched[p]
+    result["sched_us_per_step"] = max(sched.values())
+    result["slos"] = {
+        n: {k: v for k, v in s.items() if k.endswith("slo_s")} for n, s in plan["slos"].items()
+    }
+    result["conditions"] = {
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "wall_s": time.monotonic() - started,
+    }
+    print(json.dumps(result, indent=1) if args.json else _table(result))
+    return 0
+
+
+def _policies(text: str) -> list[str]:
+    from fineserve.scheduler.local import POLICIES
+
+    policies = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
         from fineserve.cli import CliError
 
         raise CliError(f"unknown policy {unknown}; choose from {sorted(POLICIES)}")
-    args.models_dir.mkdir(parents=True, exist_ok=True)
-    folders = ensure_models(args.models_dir)
-    cost = make_cost_model(f"table:{ensure_profile(args.models_dir, folders)}")
-    keys = {n: InstanceKey(n, _q(n)) for n in folders}
-    load = args.load if args.load is not None else SCENARIOS[args.scenario]
-    plan = plan_load(cost, keys, load)
-    workload = make_workload(
-        list(folders), plan["shares"], plan["rate_rps"], args.duration, args.seed
-    )
-    result: dict[str, Any] = {
-        "scenario": args.scenario,
-        "load": load,
-        "capacity_rps": plan["capacity_rps"],
-        "rate_rps": plan["rate_rps"],
-        "requests": len(workload),
-        "policies": {},
+    return policies
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    return say
+
+
+def round_order(policies: list[str], round_index: int) -> list[str]:
+    """Round `round_index`'s order: `policies` rotated left by `round_index` places, so over
+    len(policies) rounds every policy runs once in every position."""
+    k = round_index % len(policies)
+    return policies[k:] + policies[:k]
+
+
+def run_rounds(
+    policies: list[str],
+    repeats: int,
+    say: Callable[[str], None],
+    run_one: Callable[[str], dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """`repeats` rounds of every policy (see `round_order`); each result gets its `round`.
+    Returns the runs per policy, in round order."""
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    for r in range(repeats):
+        for p in round_order(policies, r):
+            say(f"round {r + 1}/{repeats}: {p} ...")
+            res = run_one(p)
+            res["round"] = r
+            runs[p].append(res)
+            say(
+                f"round {r + 1}/{repeats}: {p} attainment {_f(res['slo_attainment'])}, "
+                f"preemptions {res['preemptions']}, {res['wall_s']:.0f} s wall, cpu share "
+                f"{_f(res['cpu_share'], 2)}, speed factor {_f(res.get('speed_factor'), 2)}"
+            )
+    return runs
+
+
+MEDIAN_KEYS = ("slo_attainment", "goodput_rps", "tokens_per_s")
+COUNT_KEYS = ("preemptions", "rejected", "requests", "completed")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's runs as one entry: medians of `MEDIAN_KEYS` and the latency percentiles
+    (overall and per model), `spread` {key: [min, max]}, counts as medians, `pages_leaked` as
+    the max over runs (0 means no run leaked), and `runs` (each run's attainment, goodput,
+    preemptions, cpu share). Invariant: min <= median <= max for every spread key."""
+    out = _median_group(runs)
+    out["spread"] = {k: [_min(r[k] for r in runs), _max(r[k] for r in runs)] for k in MEDIAN_KEYS}
+    out["pages_leaked"] = max(r["pages_leaked"] for r in runs)
+    out["runs"] = [
+        {
+            k: r.get(k)
+            for k in ("round", *MEDIAN_KEYS, "preemptions", "rejected", "speed_factor", "cpu_share")
+        }
+        for r in runs
+    ]
+    names = list(runs[0]["models"])
+    out["models"] = {m: _median_group([r["models"][m] for r in runs]) for m in names}
+    for m in names:
+        out["models"][m]["preemptions"] = _med([r["models"][m]["preemptions"] for r in runs])
+    return out
+
+
+def _median_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: _med([g[k] for g in groups]) for k in MEDIAN_KEYS}
+    for k in COUNT_KEYS:
+        if k in groups[0]:
+            out[k] = _med([g[k] for g in groups])
+    for lat in ("ttft_s", "tpot_s"):
+        out[lat] = {q: _med([g[lat][q] for g in groups]) for q in ("p50", "p90", "p99")}
+    return out
+
+
+def ratios(
+    policies: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, float | None]:
+    """`saab_over_fcfs` (median saab attainment / median fcfs attainment) and
+    `saab_over_fcfs_paired` (median over rounds of saab / fcfs in that round); None when a
+    policy is missing or fcfs attained 0."""
+    if "saab" not in policies or "fcfs" not in policies:
+        return {"saab_over_fcfs": None, "saab_over_fcfs_paired": None}
+    paired = [
+        s["slo_attainment"] / f["slo_attainment"]
+        for s, f in zip(runs["saab"], runs["fcfs"], strict=True)
+        if f["slo_attainment"]
+    ]
+    fcfs = policies["fcfs"]["slo_attainment"]
+    return {
+        "saab_over_fcfs": policies["saab"]["slo_attainment"] / fcfs if fcfs else None,
+        "saab_over_fcfs_paired": statistics.median(paired) if paired else None,
     }
-    sched = {}
-    for policy in policies:
-        result["policies"][policy] = run_policy(policy, folders, cost, plan, workload, args)
-        sched[policy] = measure_sched_us(policy, steps=args.sched_steps).us_per_step
-        result["policies"][policy]["sched_us_per_step"] = sched[policy]
-    result["sched_us_per_step"] = max(sched.values())
-    result["slos"] = {
-        n: {k: v for k, v in s.items() if k.endswith("slo_s")} for n, s in plan["slos"].items()
-    }
-    print(json.dumps(result, indent=1) if args.json else _table(result))
-    return 0
+
+
+def _med(values: list[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _min(values: Any) -> Any:
+    vals = [v for v in values if v is not None]
+    return min(vals) if vals else None
+
+
+def _max(values: Any) -> Any:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else None
+
+
+def _sched_us(policies: list[str], steps: int) -> dict[str, float]:
+    from fineserve.engine.overhead import measure_sched_us
+
+    return {p: measure_sched_us(p, steps=steps).us_per_step for p in policies}
 
 
 def _table(result: dict[str, Any]) -> str:
     lines = [
         f"scenario {result['scenario']}: {result['requests']} requests at "
         f"{result['rate_rps']:.2f} req/s ({result['load']}x estimated capacity "
-        f"{result['capacity_rps']:.2f} req/s)",
+        f"{result['capacity_rps']:.2f} req/s), arena {result['arena_mib']} MiB, "
+        f"{result['repeats']} runs per policy (medians), {result['clock']} clock",
         f"{'policy':8} {'model':12} {'SLO att':>8} {'goodput':>8} {'tok/s':>7} "
         f"{'TTFT p50/p99':>14} {'TPOT p50/p99':>14} {'preempt':>7}",
     ]
@@ -279,11 +572,17 @@ def _table(result: dict[str, Any]) -> str:
                 f"{_f(g['goodput_rps']):>8} {_f(g['tokens_per_s'], 1):>7} "
                 f"{_pair(g['ttft_s']):>14} {_pair(g['tpot_s']):>14} {g['preemptions']:>7}"
             )
+        lo, hi = res["spread"]["slo_attainment"]
         lines.append(
-            f"{policy:8} pages leaked {res['pages_leaked']}, rejected {res['rejected']}, "
+            f"{policy:8} attainment range {_f(lo)}..{_f(hi)}, pages leaked "
+            f"{res['pages_leaked']}, rejected {res['rejected']}, "
             f"sched {res['sched_us_per_step']:.0f} us/step"
         )
     lines.append(f"sched_us_per_step {result['sched_us_per_step']:.0f}")
+    lines.append(
+        f"saab/fcfs attainment {_f(result['saab_over_fcfs'], 2)} (paired by round "
+        f"{_f(result['saab_over_fcfs_paired'], 2)})"
+    )
     return "\n".join(lines)
 
 

@@ -7,7 +7,13 @@ reclaims units.
 
 Invariants: `owned` and the union of free lists are disjoint; for every unit,
 `used[u] + len(free[u]) == capacity[u]`; `owned` is exactly the pages handed out; unit `u` is
-in `_by_free[len(free[u])]` and nowhere else; `empty` is the set of units with `used == 0`.
+in `_by_free[len(free[u])]` and nowhere else; `_by_free` has a bucket for every count up to the
+largest capacity; every non-empty bucket `_by_free[k]` with `k >= 1` has `k >= _low` (so the
+search for the fullest partly used unit starts at `_low`); `empty` is the set of units with
+`used == 0`.
+
+The hot path (`take`, `give_back`) keeps the exact sequence of bucket operations of the
+straightforward version, so which unit is "fullest" among equals never depends on speed-ups.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class ModelPool:
 
     __slots__ = (
         "_by_free",
+        "_low",
         "capacity",
         "empty",
         "free",
@@ -57,6 +64,7 @@ class ModelPool:
         self.empty: set[int] = set()
         self.free_pages = 0
         self._by_free: list[set[int]] = [set()]
+        self._low = 1  # lower bound on the fullest partly used unit's free count
 
     # -- units -----------------------------------------------------------------------------
     def add_unit(self, unit: int, pages: range) -> None:
@@ -67,6 +75,7 @@ class ModelPool:
         self.free_pages += len(pages)
         self.empty.add(unit)
         self._bucket(len(pages)).add(unit)
+        self._lower(len(pages))
         for page in pages:
             self.page_unit[page] = unit
 
@@ -91,43 +100,69 @@ class ModelPool:
     # -- pages -----------------------------------------------------------------------------
     def take(self, n: int) -> list[int]:
         """Pop n free pages, fullest partly used unit first. Caller checked `free_pages >= n`."""
+        by_free = self._by_free
+        free_of = self.free
+        used = self.used
+        if n == 1:  # a sequence crossing a page boundary: the common case
+            unit = self._fullest_unit()
+            free = free_of[unit]
+            k = len(free)
+            by_free[k].discard(unit)
+            page = free.pop()
+            by_free[k - 1].add(unit)
+            if k > 1 and k - 1 < self._low:
+                self._low = k - 1
+            if not used[unit]:
+                self.empty.discard(unit)
+            used[unit] += 1
+            self.free_pages -= 1
+            self.owned.add(page)
+            return [page]
         out: list[int] = []
         while len(out) < n:
             unit = self._fullest_unit()
-            free = self.free[unit]
-            k = min(n - len(out), len(free))
-            self._by_free[len(free)].discard(unit)
-            got = free[len(free) - k :]
-            del free[len(free) - k :]
-            self._by_free[len(free)].add(unit)
+            free = free_of[unit]
+            have = len(free)
+            k = min(n - len(out), have)
+            by_free[have].discard(unit)
+            got = free[have - k :]
+            del free[have - k :]
+            by_free[have - k].add(unit)
+            if have - k and have - k < self._low:
+                self._low = have - k
             got.reverse()
-            if self.used[unit] == 0:
+            if used[unit] == 0:
                 self.empty.discard(unit)
-            self.used[unit] += k
+            used[unit] += k
             out.extend(got)
         self.free_pages -= n
         self.owned.update(out)
         return out
 
-    def give_back(self, pages: Iterable[int]) -> list[int]:
-        """Return owned pages to their units; returns the units that became empty."""
+    def give_back(self, pages: list[int]) -> list[int]:
+        """Return owned pages to their units; returns the units that became empty. The caller
+        checked that `pages` are owned and distinct."""
         emptied: list[int] = []
-        count = 0
         by_free = self._by_free
+        page_unit = self.page_unit
+        free_of = self.free
+        used = self.used
+        self.owned.difference_update(pages)
         for page in pages:
-            count += 1
-            self.owned.remove(page)
-            unit = self.page_unit[page]
-            free = self.free[unit]
-            by_free[len(free)].discard(unit)
+            unit = page_unit[page]
+            free = free_of[unit]
+            k = len(free)
+            by_free[k].discard(unit)
             free.append(page)
-            self._bucket(len(free)).add(unit)
-            left = self.used[unit] - 1
-            self.used[unit] = left
+            by_free[k + 1].add(unit)
+            if not k:
+                self._low = 1
+            left = used[unit] - 1
+            used[unit] = left
             if left == 0:
                 self.empty.add(unit)
                 emptied.append(unit)
-        self.free_pages += count
+        self.free_pages += len(pages)
         return emptied
 
     def take_specific(self, page: int) -> None:
@@ -137,6 +172,7 @@ class ModelPool:
         self._by_free[len(free)].discard(unit)
         free.remove(page)
         self._by_free[len(free)].add(unit)
+        self._lower(len(free))
         self.empty.discard(unit)
         self.used[unit] += 1
         self.free_pages -= 1
@@ -147,11 +183,19 @@ class ModelPool:
             self._by_free.append(set())
         return self._by_free[free_count]
 
+    def _lower(self, free_count: int) -> None:
+        """Note that a unit now has `free_count` free pages (keeps `_low` a lower bound)."""
+        if 0 < free_count < self._low:
+            self._low = free_count
+
     def _fullest_unit(self) -> int:
         if len(self.free) <= 8:  # few, large units (static partitions): scanning them is cheaper
             return min((len(f), u) for u, f in self.free.items() if f)[1]
-        for bucket in self._by_free[1:]:
+        by_free = self._by_free
+        for count in range(self._low, len(by_free)):
+            bucket = by_free[count]
             if bucket:
+                self._low = count
                 return min(bucket) if len(bucket) < 8 else next(iter(bucket))
         raise AssertionError("no unit has a free page")
 
@@ -165,6 +209,7 @@ class ModelPool:
             assert (self.used[unit] == 0) == (unit in self.empty), f"unit {unit} emptiness"
             seen_free.update(free)
         assert sum(len(b) for b in self._by_free) == len(self.free), "stale bucket entries"
+        assert not any(self._by_free[1 : self._low]), "a partly used unit below the search start"
         assert not seen_free & self.owned, "a page is both free and owned"
         assert sum(self.used.values()) == len(self.owned), "used counts != owned pages"
         assert self.free_pages == len(seen_free), "free page counter drifted"

@@ -107,15 +107,22 @@ class SlabAllocator(PooledAllocator):
     # -- slabs -----------------------------------------------------------------------------
     def _borrowable_slabs(self, model: str) -> int:
         """Free slabs (or other pools' spare empty slabs) `model`'s pool may take without
-        eating into another pool's unmet reserve."""
+        eating into another pool's unmet reserve (one pass over the pools: this sits on the
+        scheduler's `available_pages` path)."""
         mine = self._key[model]
-        spare = sum(self._spare_empty_slabs(key) for key in self._pools if key != mine)
-        owed = sum(
-            max(0, self._reserve_slabs[key] - len(pool.used))
-            for key, pool in self._pools.items()
-            if key != mine
-        )
-        return max(0, len(self._free_slabs) + spare - owed)
+        count = len(self._free_slabs)
+        reserve_slabs = self._reserve_slabs
+        for key, pool in self._pools.items():
+            if key == mine:
+                continue
+            lent = len(pool.used)
+            above_reserve = lent - reserve_slabs[key]
+            if above_reserve > 0:
+                empty = len(pool.empty)
+                count += empty if empty < above_reserve else above_reserve  # spare slabs
+            else:
+                count += above_reserve  # slabs still owed to that pool's reserve
+        return max(0, count)
 
     def _spare_empty_slabs(self, key: Hashable) -> int:
         """Empty slabs a pool keeps that others may reclaim without taking its reserve."""

@@ -6,6 +6,7 @@ from fineserve.bench.memory_replay import MemoryReplay, ReplayConfig, ReplayRequ
 from fineserve.memory import KVDtype, KVFormat
 from fineserve.memory.allocator import ModelKV
 from fineserve.memory.registry import SCHEMES, make_allocator
+from fineserve.memory.slab import SlabAllocator
 
 FMT = KVFormat(1, 1, 16, KVDtype.FP16, 4)  # 4 tokens per 256-byte page
 
@@ -51,3 +52,27 @@ def test_every_scheme_returns_every_page(scheme: str) -> None:
     assert alloc.used_pages("m") == 0
     alloc.check_integrity()
     assert all(0.0 <= s["live"] <= 1.0 for s in result.samples)
+
+
+def test_a_compaction_for_a_later_queue_lets_an_earlier_head_in() -> None:
+    # three page sizes in 1 KiB slabs: x 256 B, y 128 B, z 512 B (two per slab)
+    sizes = {"x": 16, "y": 8, "z": 32}
+    models = [ModelKV(m, KVFormat(1, 1, dim, KVDtype.FP16, 4)) for m, dim in sizes.items()]
+    alloc = SlabAllocator(4096, models, slab_bytes=1024, keep_empty=0)
+    config = ReplayConfig(sample_every=1, defrag_threshold=0.0, defrag_max_moves=1)
+    replay = MemoryReplay(alloc, [], config)
+    z = ReplayRequest("z", 0, 3, 100, start=0)
+    z.pages = alloc.allocate("z", 8)  # all four slabs
+    alloc.free("z", z.pages[1::2])  # one live page per slab: each move can empty one slab
+    z.pages = z.pages[::2]
+    replay.running["z"].append(z)
+    x = ReplayRequest("x", 0, 31, 10)  # 8 pages: two slabs
+    y = ReplayRequest("y", 0, 67, 10)  # 17 pages: three slabs
+    replay.queues["x"].append(x)
+    replay.queues["y"].append(y)
+    replay._admit(0)
+    # x's compaction (one move) frees one slab, too few for x; y's frees a second, too few for
+    # y but enough for x, whose head was already passed over: the pass is repeated
+    assert replay.result.pages_moved == 2
+    assert replay.running["x"] == [x] and list(replay.queues["y"]) == [y]
+    alloc.check_integrity()

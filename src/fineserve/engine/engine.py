@@ -66,12 +66,15 @@ class Engine:
         """End a request and free its pages; its final output comes with the next outputs."""
         return self.scheduler.abort(request_id)
 
-    def begin_step(self, now: float, models: frozenset[str] | None = None) -> StepPlan:
+    def begin_step(
+        self, now: float, models: frozenset[str] | None = None, max_steps: int = 1
+    ) -> StepPlan:
         """Plan a step over `models` (default: every model, with no plan in flight). Raises
-        `RuntimeError` when one of the models already has a plan in flight."""
+        `RuntimeError` when one of the models already has a plan in flight. `max_steps > 1`
+        allows a multi-step decode plan (`StepPlan.num_steps`; the simulator's horizon)."""
         if models is None and self._plans:
             raise RuntimeError(f"step {min(self._plans)} has not been finished")
-        plan = self.scheduler.schedule(now, models)
+        plan = self.scheduler.schedule(now, models, max_steps)
         self._plans[plan.step_id] = plan
         return plan
 
@@ -109,6 +112,11 @@ class Engine:
             result = self.executor.execute(plan)
             self.clock.advance(result.duration_s)
         return self.finish_step(result, self.clock.now())
+
+    def has_pending_outputs(self) -> bool:
+        """Outputs produced outside a step (aborts, rejections) not collected yet: they come
+        out with the next `finish_step` of any lane."""
+        return self.scheduler.has_pending_outputs()
 
     def drain_outputs(self) -> list[RequestOutput]:
         """Outputs produced outside a step (aborts, rejections), for an idle engine."""

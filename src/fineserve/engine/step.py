@@ -13,6 +13,12 @@ Invariants of a plan:
   the executor samples one token for it and only for it.
 - Page tables are the scheduler's own lists, shared to avoid copies: they are valid (and must
   not be changed by the executor) until `finish_step` for this plan returns.
+- Multi-step (`num_steps = K > 1`, only when the engine is asked for it): every entry is a
+  decode and the plan stands for K iterations of the same batch; in iteration j (0-based) entry
+  i feeds the token sampled in iteration j - 1 (first: `token_ids[i]`) at position
+  `positions[i] + j`, and `page_tables[i]` already covers `positions[i] + K` tokens. The result
+  carries every sampled token (`StepResult.token_lists`); it may stop after fewer iterations
+  (`StepResult.num_steps`), the pages for the rest staying with their sequences.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class StepPlan:
     released: list[str] = field(default_factory=list)  # requests gone since the last plan
     preempted: list[str] = field(default_factory=list)  # preempted (by recompute) in this plan
     new_pages: dict[str, list[int]] = field(default_factory=dict)
+    num_steps: int = 1  # decode iterations this plan stands for (see the module docstring)
 
     @property
     def empty(self) -> bool:
@@ -81,13 +88,17 @@ class StepResult:
     """What an executor returns: one sampled token per sampling sequence, and the step time.
 
     `stopped` names requests the executor ended itself (a stop string or token matched); their
-    token in `tokens` is the last one they produce.
+    token in `tokens` is the last one they produce. For a multi-step plan `num_steps` is the
+    iterations run (at most the plan's), `token_lists[rid]` the token sampled in each (at
+    least `num_steps` of them; the first `num_steps` count), and `tokens[rid]` is unused.
     """
 
     step_id: int
     tokens: dict[str, int]
     duration_s: float
     stopped: frozenset[str] = frozenset()
+    num_steps: int = 1
+    token_lists: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -13,6 +13,10 @@ A `GpuGroup` is a *domain*: GPU sets that overlap (a TP=1 instance on one GPU of
 group) form one domain, and an activity's `n` counts the activities whose GPU sets intersect its
 own (itself included); activities on disjoint GPUs of one domain do not slow each other.
 
+A multi-step plan is one activity with `marks`: the cumulative work at the end of each of its
+iterations (the last is its whole work). `cut` ends such an activity at its next mark (the
+iteration it is in), so the simulator can stop the plan there when an event needs the engine.
+
 Invariants: `remaining >= 0` for every activity; `advance(t)` is called with non-decreasing t;
 `next_finish()` is the earliest completion under the current concurrency.
 """
@@ -35,6 +39,7 @@ class Activity:
     owner: object
     gpus: frozenset[int] = frozenset()
     rate: float = 1.0
+    marks: list[float] | None = None  # cumulative work at each iteration's end (multi-step)
 
 
 @dataclass(slots=True)
@@ -68,6 +73,19 @@ class GpuGroup:
         if done:
             self.active = [a for a in self.active if a.remaining > EPS]
         return done
+
+    def cut(self, activity: Activity) -> int:
+        """End a multi-step `activity` at the end of the iteration it is in (call `advance(now)`
+        first, `rerate()` after); returns the iterations it will have run."""
+        marks = activity.marks
+        assert marks is not None, "only a multi-step activity has iterations to cut"
+        done = marks[-1] - activity.remaining
+        for j, mark in enumerate(marks):
+            if mark > done - EPS:  # iteration j is in progress (or ends right now)
+                activity.remaining = max(mark - done, 0.0)
+                activity.marks = marks[: j + 1]
+                return j + 1
+        return len(marks)
 
     def rerate(self) -> None:
         """Recompute every activity's progress rate for the current concurrency."""

@@ -57,6 +57,8 @@ class SimExecutor:
         self.steps = 0
 
     def execute(self, plan: StepPlan) -> StepResult:
+        if plan.num_steps > 1:
+            return self._execute_steps(plan)
         tokens: dict[str, int] = {}
         duration = 0.0
         vocab = self.vocab_size
@@ -68,3 +70,19 @@ class SimExecutor:
                     tokens[rid] = token_stream(rid, positions[i] + len(chunks[i]), vocab)
         self.steps += 1
         return StepResult(plan.step_id, tokens, duration * self.slowdown)
+
+    def _execute_steps(self, plan: StepPlan) -> StepResult:
+        """A multi-step decode plan: its iterations one after another (contexts growing)."""
+        k, vocab = plan.num_steps, self.vocab_size
+        lists: dict[str, list[int]] = {}
+        duration = 0.0
+        for batch in plan.batches:
+            for j in range(k):
+                shape = BatchShape(decode_context=tuple(p + j for p in batch.positions))
+                duration += self.cost_model.step_time(batch.key, shape)
+            for rid, p in zip(batch.request_ids, batch.positions, strict=True):
+                lists[rid] = [token_stream(rid, p + 1 + j, vocab) for j in range(k)]
+        self.steps += k
+        return StepResult(
+            plan.step_id, {}, duration * self.slowdown, num_steps=k, token_lists=lists
+        )

@@ -15,6 +15,20 @@ soon as that lane is idle, so one model's long prefill does not hold back the ot
 the lanes still share the engine's KV arena and arbitration. An empty lane plan is finished at
 once and retried at the group's next event or the model's next arrival.
 
+Multi-step horizon (`max_steps > 1`, default 64): a lane serving one model asks its engine for
+up to `max_steps` decode iterations at once (`Engine.begin_step(..., max_steps)`; the scheduler
+makes one only when it is the same as as many single steps: decodes only, none ending before
+the last, nothing waiting, memory to spare). The plan is one activity whose work is the sum of
+its iterations' solo times, with a mark at each iteration's end. Whatever would make the
+engine plan differently before the horizon ends cuts the activity at the end of the iteration
+in progress (`GpuGroup.cut`), and the plan is finished with the iterations run: an arrival of
+one of the lane's models at its engine, another lane of the group left idle with work (an
+empty plan, retried at every event of the group), or outputs produced outside a step
+(rejections: they come out at the group's next event, and free a routing slot). So the
+records are those of single steps (times within float rounding). Map costs (`map_cost_s`) of
+a horizon's pages, reserved at its start, are charged to it at once. With per-token times
+(`token_times`) requests stream and no horizon is made.
+
 Invariants: the clock never goes back; a lane has at most one plan in flight; every request
 has exactly one record; requests still unfinished at the horizon, and requests of models the
 placement left out, count as failed.
@@ -60,6 +74,7 @@ class SimLane:
     models: frozenset[str] | None
     result: StepResult | None = None
     left: int = 0
+    horizon: Activity | None = None  # the activity of a multi-step plan in flight
 
 
 @dataclass(slots=True, eq=False)
@@ -113,8 +128,10 @@ class ClusterSim:
         interference: InterferenceModel,
         gpu: GpuSpec | None = None,
         token_times: bool = False,
+        max_steps: int = 64,
     ) -> None:
         self.models = {m.name: m for m in models}
+        self.max_steps = max_steps
         self.scheme = scheme
         self.cost_model = cost_model
         self.interference = interference
@@ -257,28 +274,82 @@ class ClusterSim:
         eng.outstanding += 1
         self._engine_of[req.request_id] = eng
         lane = eng.lane_of[req.model]
+        group = eng.group
         if lane.result is None:
-            group = eng.group
             group.advance(t)
             if self._start(lane, t):
                 self._push(group)
+        elif lane.horizon is not None:  # its next plan takes the request: end the horizon
+            group.advance(t)
+            self._cut(lane)
+            self._push(group)
+
+    def _cut(self, lane: SimLane) -> None:
+        """End the lane's multi-step plan after the iteration in progress."""
+        act, result = lane.horizon, lane.result
+        assert act is not None and result is not None
+        lane.horizon = None
+        steps = lane.eng.group.cut(act)
+        self.stats.steps -= result.num_steps - steps
+        result.num_steps = steps
+
+    def _cut_group(self, group: GpuGroup) -> None:
+        """End every multi-step plan on `group` after its iteration in progress (a lane of
+        the group is idle with work: single steps would retry it at each of their ends)."""
+        cut = False
+        for eng in self._on_group[id(group)]:
+            for lane in eng.lanes:
+                if lane.horizon is not None:
+                    self._cut(lane)
+                    cut = True
+        if cut:
+            self._push(group)
 
     def _start(self, lane: SimLane, now: float) -> bool:
         """Begin a step of an idle lane; True if it put work on its group."""
         eng = lane.eng
         engine = eng.engine
-        plan: StepPlan = engine.begin_step(now, lane.models)
+        max_steps = self.max_steps if self._may_span(lane) else 1
+        plan: StepPlan = engine.begin_step(now, lane.models, max_steps)
         if plan.empty:
             self._collect(eng, engine.finish_step(StepResult(plan.step_id, {}, 0.0), now), now)
+            if engine.has_work(lane.models):
+                self._cut_group(eng.group)
             return False
-        result, works = self.coster.run(plan)
-        extra = self._map_cost(eng)
-        self.stats.steps += 1
+        group = eng.group
+        lane.result = None
+        if plan.num_steps > 1:
+            result, marks = self.coster.run_steps(plan)
+            extra = self._map_cost(eng)
+            act = Activity(marks[-1] + extra, 0.0, lane, eng.gpus, marks=[m + extra for m in marks])
+            lane.horizon = act
+            works = [act]
+        else:
+            result, costs = self.coster.run(plan)
+            extra = self._map_cost(eng)
+            works = [
+                Activity(work + (extra if k == 0 else 0.0), frac, lane, eng.gpus)
+                for k, (work, frac) in enumerate(costs)
+            ]
+        self.stats.steps += plan.num_steps
         lane.result = result
         lane.left = len(works)
-        group = eng.group
-        for k, (work, frac) in enumerate(works):
-            group.add(Activity(work + (extra if k == 0 else 0.0), frac, lane, eng.gpus))
+        for act in works:
+            group.add(act)
+        if engine.has_pending_outputs():  # they make its idle lanes idle with work
+            self._cut_group(group)
+        return True
+
+    def _may_span(self, lane: SimLane) -> bool:
+        """Whether the lane may ask for a multi-step plan: it serves one model, tokens need no
+        times of their own, and no other lane of its group is idle with work."""
+        eng = lane.eng
+        if self.max_steps < 2 or self.book.token_times or len(lane.models or eng.models) != 1:
+            return False
+        for other in self._on_group[id(eng.group)]:
+            for ln in other.lanes:
+                if ln is not lane and ln.result is None and other.engine.has_work(ln.models):
+                    return False
         return True
 
     def _map_cost(self, eng: SimEngine) -> float:
@@ -296,6 +367,7 @@ class ClusterSim:
             assert isinstance(lane, SimLane)
             lane.left -= 1
             if lane.left == 0:
+                lane.horizon = None
                 result, lane.result = lane.result, None
                 assert result is not None
                 self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)

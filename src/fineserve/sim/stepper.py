@@ -4,6 +4,9 @@ Same token rule as `sim.executor.SimExecutor` (`token_stream`, re-stated in `tok
 simulated engine sees exactly the tokens it would see under that executor. Instead of one step
 duration, each model batch becomes one activity whose `work` is the cost model's solo step time
 for that batch and whose prefill fraction is `t(prefill part) / (t(prefill part) + t(decode part))`.
+A multi-step decode plan (one batch, `num_steps = K`) is one decode activity whose work is the
+sum of the cost model's times of its K iterations (contexts growing by one each), with the
+cumulative work at the end of each iteration (`run_steps`).
 """
 
 from __future__ import annotations
@@ -61,3 +64,25 @@ class BatchCoster:
                         tokens[rid] = (crc + 7919 * (positions[i] + len(chunks[i]) + 1)) % vocab
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works
+
+    def run_steps(self, plan: StepPlan) -> tuple[StepResult, list[float]]:
+        """A multi-step plan of one batch: (result with every iteration's tokens, cumulative
+        solo work at the end of each iteration)."""
+        (batch,) = plan.batches
+        k, cost, key = plan.num_steps, self.cost_model, batch.key
+        positions = batch.positions
+        marks: list[float] = []
+        done = 0.0
+        for j in range(k):
+            done += cost.step_time(key, BatchShape(decode_context=tuple(p + j for p in positions)))
+            marks.append(done)
+        token, vocab, crcs = self.token, self.vocab_size, self._crc
+        lists: dict[str, list[int]] = {}
+        for rid, p in zip(batch.request_ids, positions, strict=True):
+            crc = crcs.get(rid)
+            if crc is None:
+                token(rid, p)
+                crc = crcs[rid]
+            lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
+        result = StepResult(plan.step_id, {}, done, num_steps=k, token_lists=lists)
+        return result, marks

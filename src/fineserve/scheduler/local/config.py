@@ -43,6 +43,10 @@ class SchedulerConfig:
     - `admit_headroom_pages`: pages a model must still have free after admitting a new prompt,
       so running decodes can grow without preemption.
     - `max_preemptions_per_grant`: victims tried for one page request before giving up.
+    - `horizon_free_fraction`: a multi-step plan (`schedule(..., max_steps=K)`) reserves the
+      pages of its K iterations at once; it is made only while every model of the arena keeps
+      at least this fraction of the pages it holds or could get (used + available) available
+      after that, so the early reservation changes no model's admission or growth.
     """
 
     token_budget: int = 512
@@ -50,6 +54,7 @@ class SchedulerConfig:
     unmeetable: str = REJECT
     admit_headroom_pages: int = 1
     max_preemptions_per_grant: int = 4
+    horizon_free_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.token_budget < 1:

@@ -59,11 +59,16 @@ class LocalScheduler(SchedulerState):
         self._all_lane = True  # the plan being built covers every model
 
     # -- planning ----------------------------------------------------------------------------
-    def schedule(self, now: float, models: frozenset[str] | None = None) -> StepPlan:
+    def schedule(
+        self, now: float, models: frozenset[str] | None = None, max_steps: int = 1
+    ) -> StepPlan:
         """Plan one step at time `now` over `models` (default: every model; see the module
         docstring). Plans over disjoint model sets may be in flight at once (step lanes): each
         is finished by `update` with its own step id. Raises `RuntimeError` if one of `models`
-        already has a plan in flight, `ValueError` for an unknown model."""
+        already has a plan in flight, `ValueError` for an unknown model.
+
+        `max_steps > 1` allows a multi-step plan (`StepPlan.num_steps`, see `_horizon`): up to
+        that many decode iterations of the same batch, planned and applied at once."""
         if models is None:
             lane_models = self._all_models
         else:
@@ -104,10 +109,74 @@ class LocalScheduler(SchedulerState):
                     batch = _merge(build)
                     if batch.request_ids:
                         plan.batches.append(batch)
+            if max_steps > 1:
+                plan.num_steps = self._horizon(plan, lane, ctx, max_steps)
         self._lanes[lane.step_id] = lane
         for m in lane_models:
             self._busy[m] = lane
         return plan
+
+    def _horizon(self, plan: StepPlan, lane: Lane, ctx: PolicyContext, max_steps: int) -> int:
+        """How many decode iterations `plan` may stand for (1: an ordinary step), reserving
+        the pages of the extra ones. More than 1 only when the plan is the same for each of
+        them as K single steps would be: decodes only, every decode of its models running
+        (also with the contexts of the last iteration: the policy's decode limit), none with
+        streaming or stop tokens, none ending before the last iteration, no request waiting
+        for the lane's models, and memory to spare (`horizon_free_fraction`)."""
+        if plan.preempted or self._outputs or self._lane_candidates(lane):
+            return 1  # outputs waiting (rejections) come out with the next step's end
+        k = max_steps
+        for batch in plan.batches:
+            cols = self._cols[batch.model]
+            if batch.num_prefills or lane.decode_idx.get(batch.model, 0) is not None:
+                return 1
+            if not cols.plain or cols.dirty:
+                return 1
+            k = min(k, cols.left)
+        while k > 1 and not self._limits_hold(plan, ctx, k):
+            k //= 2
+        if k > 1 and not self._reserve_horizon(plan, k):
+            return 1
+        return k
+
+    def _limits_hold(self, plan: StepPlan, ctx: PolicyContext, k: int) -> bool:
+        """Whether the policy runs every decode of `plan` also in its k-th iteration."""
+        for batch in plan.batches:
+            contexts = [p + k - 1 for p in batch.positions]
+            ctx.decode_contexts[batch.model] = contexts
+            seqs = self._cols[batch.model].seqs
+            if self.policy.decode_limit(self.models[batch.model], seqs, ctx) < len(seqs):
+                return False
+        return True
+
+    def _reserve_horizon(self, plan: StepPlan, k: int) -> bool:
+        """Give every decode of `plan` the pages for k iterations, if memory is ample."""
+        alloc = self.pages.allocator
+        needs: dict[str, list[int]] = {}
+        for batch in plan.batches:
+            t = self.pages.tokens_per_page[batch.model]
+            tables = batch.page_tables
+            needs[batch.model] = [
+                max(0, -(-(p + k) // t) - len(tables[i])) for i, p in enumerate(batch.positions)
+            ]
+        frac = self.config.horizon_free_fraction
+        for m in alloc.model_names:
+            free = alloc.available_pages(m)
+            if free - sum(needs.get(m, ())) < frac * (free + alloc.used_pages(m)):
+                return False
+        for batch in plan.batches:
+            need = needs[batch.model]
+            total = sum(need)
+            if not total:
+                continue
+            pages = alloc.allocate(batch.model, total)
+            plan.new_pages.setdefault(batch.model, []).extend(pages)
+            at = 0
+            for table, n in zip(batch.page_tables, need, strict=True):
+                if n:
+                    table.extend(pages[at : at + n])
+                    at += n
+        return True
 
     def _build(self, builds: dict[str, _Build], model: str) -> _Build:
         build = builds.get(model)

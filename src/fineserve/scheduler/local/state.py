@@ -96,6 +96,13 @@ class DecodeCols:
         return min(map(sub, map(_end_len, self.seqs), map(len, self.tokens)), default=0)
 
 
+def _firsts(lists: dict[str, list[int]], n: int) -> Mapping[str, list[int]]:
+    """`lists` with each list cut to its first n tokens (as is when they have n)."""
+    if all(len(v) == n for v in lists.values()):
+        return lists
+    return {k: v[:n] for k, v in lists.items()}
+
+
 _end_len = attrgetter("end_len")
 _tokens = attrgetter("tokens")
 
@@ -241,6 +248,12 @@ class SchedulerState:
             raise ValueError(f"step {plan.step_id} is not in flight")
         for m in lane.models:
             del self._busy[m]
+        steps = 1
+        if plan.num_steps > 1:
+            steps = result.num_steps
+            if result.stopped or not 1 <= steps <= plan.num_steps:
+                raise ValueError(f"result of {steps} iterations (stopped: {set(result.stopped)})"
+                                 f" for a plan of {plan.num_steps}")  # fmt: skip
         decode_seqs, all_cols = lane.decode_seqs, self._cols
         special = result.stopped | lane.aborted if lane.aborted else result.stopped
         for batch in plan.batches:
@@ -254,7 +267,12 @@ class SchedulerState:
             cols, idx = all_cols[model], lane.decode_idx[model]
             if special and not special.isdisjoint(ids):
                 cols.stamped = False
-                self._apply_decodes(batch, seqs, special, result, now)
+                self._apply_decodes(batch, seqs, special, result, now, plan.num_steps > 1)
+            elif plan.num_steps > 1:  # only plain columns, every decode in column order
+                lists = _firsts(result.token_lists, steps)
+                self._feed_plain(cols, idx, seqs, ids, lists, now, steps)
+                if steps < plan.num_steps:
+                    self._trim(batch, seqs, steps)
             elif cols.plain:
                 self._feed_plain(cols, idx, seqs, ids, result.tokens, now)
             else:
@@ -262,7 +280,7 @@ class SchedulerState:
                 self._feed(model, seqs, ids, result.tokens, now)
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
                 if idx is None:  # a new list: the plan keeps the old one
-                    cols.positions = [p + 1 for p in cols.positions]
+                    cols.positions = [p + steps for p in cols.positions]
                 else:
                     positions = cols.positions
                     for i in idx:
@@ -276,14 +294,24 @@ class SchedulerState:
         idx: list[int] | None,
         seqs: list[Sequence],
         ids: list[str],
-        tokens: Mapping[str, int],
+        tokens: Mapping[str, int] | Mapping[str, list[int]],
         now: float,
+        steps: int = 0,
     ) -> None:
-        """Hot path of `update`: one sampled token for each of `seqs` (tracked decodes of a
-        plain column, run in column order when `idx` is None), fed column-wise; only when
-        `cols.left` runs out are the sequences checked for their end."""
+        """Hot path of `update`: the sampled token (or, for a multi-step plan, the list of
+        them) of each of `seqs` (tracked decodes of a plain column, run in column order when
+        `idx` is None), fed column-wise; only when `cols.left` runs out are the sequences
+        checked for their end. `steps`: 0 for one token each, else the lists' length."""
         new = list(map(tokens.__getitem__, ids))
-        if idx is None:
+        if steps:  # multi-step: idx is None
+            deque(map(list.extend, cols.tokens, new), 0)
+            new = [t[-1] for t in new]
+            stamp = cols.stamp
+            stamp.t = now
+            if not cols.stamped:
+                deque(map(setattr, seqs, repeat("_last"), repeat(stamp)), 0)
+                cols.stamped = True
+        elif idx is None:
             deque(map(list.append, cols.tokens, new), 0)
             stamp = cols.stamp
             stamp.t = now
@@ -294,7 +322,7 @@ class SchedulerState:
             deque(map(list.append, map(_tokens, seqs), new), 0)
             deque(map(setattr, seqs, repeat("_last"), repeat(now)), 0)
             cols.stamped = False  # the others still read the stamp: it must not change
-        cols.left -= 1
+        cols.left -= steps or 1
         if cols.left > 0:
             return
         for seq, token in zip(seqs, new, strict=True):
@@ -302,6 +330,20 @@ class SchedulerState:
                 self._finish(seq, "length", token=token)
         if not cols.dirty:
             cols.left = cols.tokens_left()
+
+    def _trim(self, batch: ModelBatch, seqs: list[Sequence], steps: int) -> None:
+        """A multi-step plan stopped after `steps` iterations: give back the pages reserved
+        for the iterations not run (each decode keeps the pages its KV needs), as if the
+        plan had been made for `steps` iterations."""
+        t = self.pages.tokens_per_page[batch.model]
+        surplus: list[int] = []
+        for seq, p in zip(seqs, batch.positions, strict=True):
+            pages, keep = seq.pages, -(-(p + steps) // t)
+            if len(pages) > keep and seq.status is Status.RUNNING:
+                surplus += pages[keep:]
+                del pages[keep:]
+        if surplus:
+            self.pages.allocator.free(batch.model, surplus)
 
     def _feed(
         self,
@@ -331,16 +373,22 @@ class SchedulerState:
         special: frozenset[str] | set[str],
         result: StepResult,
         now: float,
+        multi: bool = False,
     ) -> None:
         """`update`'s decode loop when some of `seqs` were aborted meanwhile or stopped by the
-        executor (those go through `_apply`)."""
+        executor (those go through `_apply`); `multi`: a multi-step plan's result."""
         for seq in seqs:
             rid = seq.request_id
             if rid in special:
                 self._apply(batch, batch.request_ids.index(rid), rid, result, now)
                 continue
-            token = result.tokens[rid]
-            seq.tokens.append(token)  # a tracked decode: `num_computed` follows
+            if multi:
+                new = result.token_lists[rid][: result.num_steps]
+                seq.tokens.extend(new)
+                token = new[-1]
+            else:
+                token = result.tokens[rid]
+                seq.tokens.append(token)  # a tracked decode: `num_computed` follows
             seq.last_token_s = now
             self._apply_end(seq, token)
 
@@ -452,6 +500,10 @@ class SchedulerState:
         return len(self.decoding[model]) + sum(
             1 for s in self.prefilling.values() if s.model == model
         )
+
+    def has_pending_outputs(self) -> bool:
+        """Outputs produced outside a step (aborts, rejections) not collected yet."""
+        return bool(self._outputs)
 
     def pending_outputs(self) -> list[RequestOutput]:
         """Outputs produced outside a step (aborts, rejections); clears them."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fineserve.bench.profile import ProcessClock, _row, drift, make_clock, pool_rows
+from fineserve.bench.profile import ProcessClock, drift, make_clock, pool_rows, row_from_runs
 from fineserve.engine.clock import WallClock
 
 
@@ -28,7 +28,7 @@ def test_make_clock_kinds() -> None:
 
 def _table(scale: float) -> list[dict]:
     return [
-        _row("m", "fp32", b, n, 8, [(scale * b * n, scale * b, scale * 2 * b)])
+        row_from_runs("m", "fp32", b, n, 8, [(scale * b * n, scale * b, scale * 2 * b)])
         for b in (1, 4)
         for n in (16, 64)
     ]

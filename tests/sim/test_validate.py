@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fineserve.costmodel.base import BatchShape, InstanceKey
@@ -90,3 +92,47 @@ def test_format_mentions_conditions() -> None:
                          "loadavg_after": (2.0, 1.0, 1.0), "cpu_share": 0.5}  # fmt: skip
     text = v.format_validation(doc)
     assert "clock cpu" in text and "0.5000 of a core" in text and "attainment @5x" in text
+
+
+def test_pausable_clock_hides_paused_time() -> None:
+    from fineserve.engine.clock import VirtualClock
+
+    inner = VirtualClock(10.0)
+    clock = v.PausableClock(inner)
+    assert clock.now() == 10.0
+    with clock.pause():
+        inner.advance(3.0)  # e.g. a profile point measured between two steps
+    assert clock.now() == 10.0
+    inner.advance(1.0)
+    assert clock.now() == 11.0
+    clock.sleep_until(12.0)  # the inner clock is asked for its own time of 12 s on this one
+    assert inner.now() == 15.0 and clock.now() == 12.0
+    with pytest.raises(RuntimeError), clock.pause():
+        inner.advance(2.0)
+        raise RuntimeError("probe failed")
+    assert clock.now() == 12.0  # paused time is hidden even when the probe raises
+
+
+def test_in_run_profile_rows_use_run_measurements_else_the_first_table(tmp_path: Path) -> None:
+    from fineserve.bench.profile import row_from_runs
+
+    cfg = v.Settings(10, 0.5, 5.0, "1,2", "16", 8, 2)
+    prof = v._InRunProfile(tmp_path, cfg, "cpu", 1024)
+    assert prof.total == 4 and prof.todo == [(1, 16), (2, 16), (1, 16), (2, 16)]
+    before = [row_from_runs(v.NAME, "fp32", b, 16, 8, [(1.0, 0.1, 0.5)]) for b in (1, 2)]
+    prof.runs[(1, 16)] = [(2.0, 0.2, 0.7), (4.0, 0.4, 0.9)]
+    rows = prof.rows(before)
+    assert rows[0]["prefill_time"] == pytest.approx(3.0)  # median of the in-run runs
+    assert rows[0]["tpot"] == pytest.approx(0.3)
+    assert rows[1] is before[1]  # not measured during the run: the first table's row
+
+
+def test_in_run_speed_spread(tmp_path: Path) -> None:
+    from fineserve.bench.profile import row_from_runs
+
+    cfg = v.Settings(10, 0.5, 5.0, "1", "16", 8, 1)
+    prof = v._InRunProfile(tmp_path, cfg, "cpu", 1024)
+    before = [row_from_runs(v.NAME, "fp32", 1, 16, 8, [(1.0, 0.1, 0.5)])]
+    assert prof.speed_spread(before) is None
+    prof.runs[(1, 16)] = [(2.0, 0.2, 0.7)]  # twice as slow in both
+    assert prof.speed_spread(before) == pytest.approx({"p10": 2.0, "p50": 2.0, "p90": 2.0})

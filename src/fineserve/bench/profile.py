@@ -179,7 +179,7 @@ def profile_rows(
                 folder, batch, input_len, args.output_len, name, clock, arena_tokens
             )
             runs[(batch, input_len)].append(point)
-    return [_row(name, qformat, b, n, args.output_len, runs[(b, n)]) for b, n in grid]
+    return [row_from_runs(name, qformat, b, n, args.output_len, runs[(b, n)]) for b, n in grid]
 
 
 def pool_rows(*tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,7 +195,7 @@ def pool_rows(*tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"point {point} is not in every table")
         runs = [run for ix in index for run in _runs(ix[point])]
         out.append(
-            _row(row["model"], row["qformat"], row["batch_size"], row["input_len"],
+            row_from_runs(row["model"], row["qformat"], row["batch_size"], row["input_len"],
                  row["output_len"], runs)
         )  # fmt: skip
     return out
@@ -227,7 +227,7 @@ def _runs(row: dict[str, Any]) -> list[tuple[float, float, float]]:
     return list(zip(pre, tpot, mixed, strict=True))
 
 
-def _row(
+def row_from_runs(
     name: str, qformat: str, batch: int, input_len: int, output_len: int, runs: list
 ) -> dict[str, Any]:
     """The profile row of one grid point from its runs [(prefill, tpot, mixed) s] (medians)."""

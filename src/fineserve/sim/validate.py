@@ -8,13 +8,16 @@
    Slab, SAAB, scheduling with the table of step 1), requests injected at their arrival times,
    records noted as outputs stream out. The engine is warmed up first (its first steps pay
    one-off costs no table holds). Every step's batch shape and time is kept.
-3. Profile the same grid again right after the run and pool both profiles (per point, the
-   median of all runs): the table then describes the machine as it was around the run, and
-   `profile.drift_after_over_before` says how much its speed moved meanwhile.
-4. Simulate the same requests on one GPU group with the pooled table, the same arena, policy,
-   SLO and token budget.
+3. Meanwhile, the same grid is profiled again, one point at a time between the run's steps at
+   regular intervals of engine time, with the run's clock paused (`PausableClock`): those
+   points see the machine under the same load as the run's own steps (on a shared machine
+   the load moves within seconds, and a table measured before or after drifts by 10-40%).
+   `profile.drift_during_over_before` says how far the speed moved from the first table.
+4. Simulate the same requests on one GPU group with the in-run table (the first table's row
+   for any point the run ended too soon to measure), the same arena, policy, SLO and token
+   budget.
 5. Report both summaries, the relative error of mean/p90 TTFT and TPOT and of attainment, and
-   `step_fidelity`: the pooled table's prediction of each real step over its measured time,
+   `step_fidelity`: the in-run table's prediction of each real step over its measured time,
    per step kind (how much of the error is the table's rather than the simulation's).
 
 Workload and SLO are set from the measured table, so they mean the same on a fast or slow
@@ -42,7 +45,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,33 @@ def _warm_up(engine: Any, params: Any) -> None:
     engine.run_until_idle()
 
 
+class PausableClock:
+    """A clock (`engine.clock.Clock`) that can be stopped: `now()` = the inner clock's time
+    minus every `pause()` interval. Invariant: `now()` never decreases; time spent inside
+    `pause()` (profiling between two engine steps) never shows on it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.paused_s = 0.0
+
+    def now(self) -> float:
+        return float(self.inner.now()) - self.paused_s
+
+    def advance(self, seconds: float) -> None:
+        self.inner.advance(seconds)
+
+    def sleep_until(self, t: float) -> None:
+        self.inner.sleep_until(t + self.paused_s)
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        start = self.inner.now()
+        try:
+            yield
+        finally:
+            self.paused_s += max(0.0, float(self.inner.now()) - start)
+
+
 class _ShapeLog:
     """Executor wrapper noting the batch shapes of the step it runs (for `step_fidelity`)."""
 
@@ -159,17 +189,28 @@ class _ShapeLog:
 
 
 def _real(
-    folder: Path, reqs: list[SimRequest], arena: int, slo: float, cost: Any, clock_kind: str
+    folder: Path,
+    reqs: list[SimRequest],
+    arena: int,
+    slo: float,
+    cost: Any,
+    clock_kind: str,
+    probe: Callable[[], bool] | None = None,
+    probe_every_s: float = 0.0,
 ) -> tuple[list[RequestRecord], dict[str, float], list[tuple[Any, float]]]:
     """Records of the real engine on `reqs`, the run's clock/CPU/wall seconds, and every
-    non-empty step as (batch shape, seconds on the clock: plan + execution + update)."""
+    non-empty step as (batch shape, seconds on the clock: plan + execution + update).
+
+    `probe` (if given) is called between steps every `probe_every_s` of engine time with the
+    engine's clock paused (it profiles one point; it returns False when it has no more to do):
+    the profile is then taken under the same machine load as the run."""
     from fineserve.bench.profile import make_clock
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
     from fineserve.scheduler.local import SchedulerConfig
     from fineserve.sim.records import RecordBook
 
-    clock = make_clock(clock_kind)
+    clock = PausableClock(make_clock(clock_kind))
     engine, _ = load_torch_engine(
         [TorchModel(NAME, folder, ttft_slo_s=slo)], arena, cost, policy="saab",
         config=SchedulerConfig(token_budget=TOKEN_BUDGET), clock=clock,
@@ -181,6 +222,7 @@ def _real(
     pending = list(reversed(reqs))  # pop() from the end = next arrival
     cpu0, wall0 = time.process_time(), time.monotonic()
     t0 = clock.now()
+    next_probe = probe_every_s if probe is not None else float("inf")
     while pending or engine.has_work():
         now = clock.now() - t0
         while pending and pending[-1].arrival_s <= now:
@@ -201,10 +243,15 @@ def _real(
             steps.append((log.last[0], end - start))
             log.last = ()
         book.apply(outputs, end - t0)
+        if probe is not None and end - t0 >= next_probe:
+            with clock.pause():
+                more = probe()
+            next_probe = next_probe + probe_every_s if more else float("inf")
     stats = {
         "clock_s": clock.now() - t0,
         "cpu_s": time.process_time() - cpu0,
         "wall_s": time.monotonic() - wall0,
+        "paused_s": clock.paused_s,
     }
     return book.values(), stats, steps
 
@@ -328,7 +375,7 @@ def _validate_in(
 ) -> dict[str, Any]:
     """Profile, real run, profile again, simulate (see the module docstring): the document
     plus a `_run` entry of timings for `conditions`."""
-    from fineserve.bench.profile import _arena_bytes, drift, pool_rows
+    from fineserve.bench.profile import _arena_bytes, drift
     from fineserve.execution.instance import load_instance
     from fineserve.sim.catalog import ModelType
     from fineserve.sim.workload import solo_ttft
@@ -351,34 +398,97 @@ def _validate_in(
         f"table's capacity) on the real engine, TTFT SLO {slo * 1e3:.0f} ms, {kind} clock ..."
     )
     profile_s = time.monotonic() - start
-    real, run, steps = _real(folder, reqs, arena, slo, cost, kind)
+    during = _InRunProfile(folder, cfg, kind, arena_tokens)
+    every = len(reqs) / (cfg.load * capacity) / (during.total + 1)
+    real, run, steps = _real(folder, reqs, arena, slo, cost, kind, during.next, every)
     say(
-        f"real run: {run['clock_s']:.1f} s engine time, {run['wall_s']:.1f} s wall; profiling again"
+        f"real run: {run['clock_s']:.1f} s engine time, {run['wall_s']:.1f} s wall (of it "
+        f"{during.done} profile points measured in between, clock paused); simulating"
     )
-    start = time.monotonic()
-    after = _profile(folder, cfg, kind, arena_tokens, say)
-    profile_s += time.monotonic() - start
-    pooled = _table(pool_rows(before, after), root / "cpu-profile.csv")
-    simmed = _simulated(reqs, kv, arena, slo, pooled)
+    in_run = during.rows(before)
+    table = _table(in_run, root / "cpu-profile.csv")
+    simmed = _simulated(reqs, kv, arena, slo, table)
     doc = compare(real, simmed, solo)
     errs = [v for v in doc["relative_error"].values() if v is not None]
     doc.update(
         model=NAME, requests=len(reqs), seed=seed, load=cfg.load, capacity_rps=capacity,
         rate_rps=cfg.load * capacity, slo_scale=cfg.slo_scale, solo_ttft_s=solo,
         ttft_slo_s=slo, target=0.15, max_relative_error=max(errs) if errs else None,
-        profile={"points": len(before), "repeats_before_and_after": cfg.repeats,
-                 "drift_after_over_before": drift(before, after),
-                 "fit": _fit_errors(pooled, key)},
-        step_fidelity=step_fidelity(pooled, key, steps),
+        profile={"points": len(before), "repeats": cfg.repeats,
+                 "measured_during_run": during.done,
+                 "drift_during_over_before": drift(before, in_run),
+                 "speed_during_over_before": during.speed_spread(before),
+                 "fit": _fit_errors(table, key)},
+        step_fidelity=step_fidelity(table, key, steps),
     )  # fmt: skip
     doc["_run"] = {
         "profile_wall_s": profile_s,
+        "profile_in_run_s": run["paused_s"],
         "real_wall_s": run["wall_s"],
         "real_cpu_s": run["cpu_s"],
         "real_clock_s": run["clock_s"],
         "cpu_share": run["cpu_s"] / run["wall_s"] if run["wall_s"] > 0 else None,
     }
     return doc
+
+
+class _InRunProfile:
+    """The profile grid measured again point by point between the real run's steps (`next`,
+    the `probe` of `_real`), `cfg.repeats` passes in interleaved order. `rows(before)`: the
+    table the simulation uses, each point's medians over its in-run measurements (the before
+    run's row for a point the run ended too early to measure)."""
+
+    def __init__(self, folder: Path, cfg: Settings, clock: str, arena_tokens: int) -> None:
+        from fineserve.bench.profile import _ints
+
+        grid = [(b, n) for b in _ints(cfg.batch_sizes) for n in _ints(cfg.input_lens)]
+        self.todo = grid * cfg.repeats
+        self.total = len(self.todo)
+        self.done = 0
+        self.runs: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+        self.args = (folder, cfg.output_len, clock, arena_tokens)
+
+    def next(self) -> bool:
+        """Measure the next point; False once every point was measured."""
+        from fineserve.bench.profile import measure_point
+
+        if self.done >= self.total:
+            return False
+        batch, input_len = self.todo[self.done]
+        folder, output_len, clock, arena_tokens = self.args
+        point = measure_point(folder, batch, input_len, output_len, NAME, clock, arena_tokens)
+        self.runs.setdefault((batch, input_len), []).append(point)
+        self.done += 1
+        return self.done < self.total
+
+    def speed_spread(self, before: list[dict[str, Any]]) -> dict[str, float] | None:
+        """p10/p50/p90 over every in-run measurement of (its prefill and its TPOT) / (the first
+        table's): how much the machine's speed moved during the run (None if nothing ran)."""
+        ix = {(r["batch_size"], r["input_len"]): r for r in before}
+        ratios = []
+        for point, runs in self.runs.items():
+            ref = ix[point]
+            for pre, tpot, _ in runs:
+                if ref["prefill_time"] > 0:
+                    ratios.append(pre / ref["prefill_time"])
+                if ref["tpot"] > 0:
+                    ratios.append(tpot / ref["tpot"])
+        if not ratios:
+            return None
+        p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
+        return {"p10": float(p10), "p50": float(p50), "p90": float(p90)}
+
+    def rows(self, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from fineserve.bench.profile import row_from_runs
+
+        out = []
+        for r in before:
+            runs = self.runs.get((r["batch_size"], r["input_len"]))
+            out.append(
+                row_from_runs(NAME, r["qformat"], r["batch_size"], r["input_len"],
+                              r["output_len"], runs) if runs else r
+            )  # fmt: skip
+        return out
 
 
 def _fit_errors(cost: Any, key: Any) -> dict[str, float]:
@@ -405,6 +515,12 @@ def format_validation(doc: dict[str, Any]) -> str:
     for scale, pair in doc.get("attainment_by_scale", {}).items():
         lines.append(
             f"{'attainment @' + scale + 'x':<20} {_num(pair['real']):>10} {_num(pair['sim']):>10}"
+        )
+    spread = doc.get("profile", {}).get("speed_during_over_before")
+    if spread:
+        lines.append(
+            f"step time during the run / before it (in-run profile): p10 {spread['p10']:.2f}, "
+            f"p50 {spread['p50']:.2f}, p90 {spread['p90']:.2f}"
         )
     cond = doc.get("conditions")
     if cond:

@@ -112,8 +112,11 @@ class PooledAllocator(KVAllocator):
         raise KeyError(f"page {page} is not owned in the pool of {model!r}")
 
     def _pool(self, model: str) -> ModelPool:
-        self.spec(model)
-        return self._pools[self._key[model]]
+        try:
+            return self._pools[self._key[model]]
+        except KeyError:
+            self.spec(model)  # raises UnknownModelError
+            raise
 
     def _model_usage(self, model: str, held_bytes: int, stranded_pages: int) -> ModelUsage:
         fmt = self.page_format(model)

@@ -79,6 +79,8 @@ class SlabAllocator(PooledAllocator):
     def available_pages(self, model: str) -> int:
         pool = self._pool(model)
         reachable = pool.free_pages + self._borrowable_slabs(model) * self._pages_per_slab(model)
+        if not self._reserved_siblings[model]:  # nothing owed inside the pool
+            return reachable
         return max(0, reachable - self._sibling_unmet_reserve(model))
 
     def _pages_per_slab(self, model: str) -> int:

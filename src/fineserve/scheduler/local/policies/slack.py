@@ -11,8 +11,11 @@
   CPU engine) small chunks cost more prefill throughput than they save in TPOT;
 - an optional fewest-misses admission (`SlackPolicy(fewest_misses=True)`, Moore-Hodgson): in
   the same earliest-deadline walk, when a request would finish past its deadline, the fresh
-  request with the longest predicted prefill among those admitted so far (itself included) is
-  the one given up, not necessarily the late one. On one server with known service times this
+  request with the longest prefill among those admitted so far (itself included) is the one
+  given up, not necessarily the late one. Its queue model is chunked prefill's: the queue
+  ahead is packed into full token-budget steps (a request costs its share of a full step with
+  the running decodes), not one step per request, so short prompts that share a step are not
+  turned away at low load. On one server with known service times this
   order maximises the number of requests that meet their deadlines (Moore 1968), which is what
   SLO attainment counts; giving up one long prompt lets several short ones behind it make it.
   Requests already started (partly prefilled, preempted) are never given up. Off by default.
@@ -116,21 +119,26 @@ def _fewest_misses(
 ) -> tuple[list[Sequence], list[Sequence]]:
     """Moore-Hodgson over the earliest-deadline order: add each request; while the last one
     admitted would finish past its deadline, give up the admitted fresh request with the
-    longest predicted prefill (if none is fresh, keep going: started work is never dropped).
-    Invariant: every request is in exactly one of the two lists; the on-time list keeps the
-    deadline order, so its prefix sums are the predicted finish times."""
-    decode_s = ctx.predictor.batch_time({}, ctx.decodes)
+    largest cost (if none is fresh, keep going: started work is never dropped).
+
+    Cost model: chunked prefill packs the queue into full steps, so a request adds its share of
+    a full step (`pending / token_budget` of a step with a full chunk and the running decodes,
+    `_full_step_s`); it cannot finish before its own prefill alone. Invariant: every request is
+    in exactly one of the two lists; the on-time list keeps the deadline order."""
     on_time: list[Sequence] = []
     given_up: list[Sequence] = [s for s in kept if s.fresh and s.best_effort]
+    full: dict[str, float] = {}
     cost: dict[int, float] = {}
     t = ctx.now
     for seq in kept:
         if seq.fresh and seq.best_effort:
             continue
-        cost[id(seq)] = c = _cost_s(seq, ctx, decode_s)
+        if seq.model not in full:
+            full[seq.model] = _full_step_s(seq.model, ctx)
+        cost[id(seq)] = c = full[seq.model] * seq.pending / ctx.token_budget
         on_time.append(seq)
         t += c
-        if t > seq.deadline_s:
+        if max(t, ctx.now + ctx.predictor.prefill_alone(seq)) > seq.deadline_s:
             droppable = [s for s in on_time if s.fresh]
             if droppable:
                 worst = max(droppable, key=lambda s: cost[id(s)])
@@ -138,3 +146,8 @@ def _fewest_misses(
                 given_up.append(worst)
                 t -= cost[id(worst)]
     return on_time, given_up
+
+
+def _full_step_s(model: str, ctx: PolicyContext) -> float:
+    """Predicted step with a full prefill chunk of `model` beside the running decodes."""
+    return ctx.predictor.batch_time({model: [(ctx.token_budget, 0)]}, ctx.decodes)

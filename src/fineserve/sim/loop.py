@@ -15,13 +15,16 @@ soon as that lane is idle, so one model's long prefill does not hold back the ot
 the lanes still share the engine's KV arena and arbitration. An empty lane plan is finished at
 once and retried at the group's next event or the model's next arrival.
 
-Multi-step horizon (`max_steps > 1`, default 64): a lane serving one model asks its engine for
-up to `max_steps` decode iterations at once (`Engine.begin_step(..., max_steps)`; the scheduler
-makes one only when it is the same as as many single steps: decodes only, none ending before
-the last, nothing waiting, memory to spare). The plan is one activity whose work is the sum of
-its iterations' solo times, with a mark at each iteration's end. Whatever would make the
-engine plan differently before the horizon ends cuts the activity at the end of the iteration
-in progress (`GpuGroup.cut`), and the plan is finished with the iterations run: an arrival of
+Multi-step horizon (`max_steps > 1`, default 64): a lane asks its engine for up to
+`max_steps` decode iterations at once (`Engine.begin_step(..., max_steps)`; the scheduler makes
+one only when it is the same as as many single steps: decodes only, none ending before the
+last, nothing waiting, memory to spare). A plan of one batch is one activity whose work is the
+sum of its iterations' solo times, with a mark at each iteration's end; a plan of several
+batches runs its iterations one after another, each as one activity per batch (the next
+starts when all have finished, as the engine's next step would), without calling the engine.
+Whatever would make the engine plan differently before the horizon ends stops it at the end
+of the iteration in progress (`GpuGroup.cut` for a single activity), and the plan is finished
+with the iterations run: an arrival of
 one of the lane's models at its engine, another lane of the group left idle with work (an
 empty plan, retried at every event of the group), or outputs produced outside a step
 (rejections: they come out at the group's next event, and free a routing slot). So the
@@ -74,7 +77,15 @@ class SimLane:
     models: frozenset[str] | None
     result: StepResult | None = None
     left: int = 0
-    horizon: Activity | None = None  # the activity of a multi-step plan in flight
+    horizon: Activity | None = None  # the activity of a one-batch multi-step plan in flight
+    iterations: list[list[tuple[float, float]]] | None = None  # a multi-batch one's, in flight
+    at: int = 0  # the iteration of `iterations` running
+
+    @property
+    def spanning(self) -> bool:
+        """A multi-step plan in flight that may still run more iterations."""
+        its = self.iterations
+        return self.horizon is not None or (its is not None and self.at + 1 < len(its))
 
 
 @dataclass(slots=True, eq=False)
@@ -279,17 +290,23 @@ class ClusterSim:
             group.advance(t)
             if self._start(lane, t):
                 self._push(group)
-        elif lane.horizon is not None:  # its next plan takes the request: end the horizon
+        elif lane.spanning:  # its next plan takes the request: end the horizon
             group.advance(t)
             self._cut(lane)
             self._push(group)
 
     def _cut(self, lane: SimLane) -> None:
         """End the lane's multi-step plan after the iteration in progress."""
-        act, result = lane.horizon, lane.result
-        assert act is not None and result is not None
-        lane.horizon = None
-        steps = lane.eng.group.cut(act)
+        result = lane.result
+        assert result is not None
+        act = lane.horizon
+        if act is not None:
+            lane.horizon = None
+            steps = lane.eng.group.cut(act)
+        else:
+            assert lane.iterations is not None
+            steps = lane.at + 1
+            lane.iterations = lane.iterations[:steps]
         self.stats.steps -= result.num_steps - steps
         result.num_steps = steps
 
@@ -299,7 +316,7 @@ class ClusterSim:
         cut = False
         for eng in self._on_group[id(group)]:
             for lane in eng.lanes:
-                if lane.horizon is not None:
+                if lane.spanning:
                     self._cut(lane)
                     cut = True
         if cut:
@@ -318,14 +335,20 @@ class ClusterSim:
             return False
         group = eng.group
         lane.result = None
-        if plan.num_steps > 1:
+        lane.iterations = None
+        if plan.num_steps > 1 and len(plan.batches) == 1:
             result, marks = self.coster.run_steps(plan)
             extra = self._map_cost(eng)
             act = Activity(marks[-1] + extra, 0.0, lane, eng.gpus, marks=[m + extra for m in marks])
             lane.horizon = act
             works = [act]
         else:
-            result, costs = self.coster.run(plan)
+            if plan.num_steps > 1:
+                result, iterations = self.coster.run_iterations(plan)
+                lane.iterations, lane.at = iterations, 0
+                costs = iterations[0]
+            else:
+                result, costs = self.coster.run(plan)
             extra = self._map_cost(eng)
             works = [
                 Activity(work + (extra if k == 0 else 0.0), frac, lane, eng.gpus)
@@ -341,10 +364,10 @@ class ClusterSim:
         return True
 
     def _may_span(self, lane: SimLane) -> bool:
-        """Whether the lane may ask for a multi-step plan: it serves one model, tokens need no
-        times of their own, and no other lane of its group is idle with work."""
+        """Whether the lane may ask for a multi-step plan: tokens need no times of their own,
+        and no other lane of its group is idle with work."""
         eng = lane.eng
-        if self.max_steps < 2 or self.book.token_times or len(lane.models or eng.models) != 1:
+        if self.max_steps < 2 or self.book.token_times:
             return False
         for other in self._on_group[id(eng.group)]:
             for ln in other.lanes:
@@ -366,8 +389,10 @@ class ClusterSim:
             lane = act.owner
             assert isinstance(lane, SimLane)
             lane.left -= 1
-            if lane.left == 0:
-                lane.horizon = None
+            if lane.left == 0 and lane.spanning and lane.horizon is None:
+                self._next_iteration(lane)
+            elif lane.left == 0:
+                lane.horizon = lane.iterations = None
                 result, lane.result = lane.result, None
                 assert result is not None
                 self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
@@ -376,6 +401,15 @@ class ClusterSim:
                 if lane.result is None and eng.engine.has_work(lane.models):
                     self._start(lane, now)
         self._push(group)
+
+    def _next_iteration(self, lane: SimLane) -> None:
+        """Start the next iteration of the lane's multi-batch multi-step plan."""
+        assert lane.iterations is not None
+        lane.at += 1
+        costs = lane.iterations[lane.at]
+        lane.left = len(costs)
+        for work, frac in costs:
+            lane.eng.group.add(Activity(work, frac, lane, lane.eng.gpus))
 
     def _collect(self, eng: SimEngine, outputs: list, now: float) -> None:
         if not outputs:

@@ -4,9 +4,9 @@ Same token rule as `sim.executor.SimExecutor` (`token_stream`, re-stated in `tok
 simulated engine sees exactly the tokens it would see under that executor. Instead of one step
 duration, each model batch becomes one activity whose `work` is the cost model's solo step time
 for that batch and whose prefill fraction is `t(prefill part) / (t(prefill part) + t(decode part))`.
-A multi-step decode plan (one batch, `num_steps = K`) is one decode activity whose work is the
-sum of the cost model's times of its K iterations (contexts growing by one each), with the
-cumulative work at the end of each iteration (`run_steps`).
+A multi-step decode plan (`num_steps = K`) costs each batch's K iterations with the cost
+model (contexts growing by one each): for one batch as the cumulative work at the end of each
+iteration (`run_steps`: one activity), else per iteration and batch (`run_iterations`).
 """
 
 from __future__ import annotations
@@ -68,21 +68,32 @@ class BatchCoster:
     def run_steps(self, plan: StepPlan) -> tuple[StepResult, list[float]]:
         """A multi-step plan of one batch: (result with every iteration's tokens, cumulative
         solo work at the end of each iteration)."""
-        (batch,) = plan.batches
-        k, cost, key = plan.num_steps, self.cost_model, batch.key
-        positions = batch.positions
+        result, iterations = self.run_iterations(plan)
         marks: list[float] = []
         done = 0.0
-        for j in range(k):
-            done += cost.step_time(key, BatchShape(decode_context=tuple(p + j for p in positions)))
+        for ((work, _),) in iterations:
+            done += work
             marks.append(done)
-        token, vocab, crcs = self.token, self.vocab_size, self._crc
-        lists: dict[str, list[int]] = {}
-        for rid, p in zip(batch.request_ids, positions, strict=True):
-            crc = crcs.get(rid)
-            if crc is None:
-                token(rid, p)
-                crc = crcs[rid]
-            lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
-        result = StepResult(plan.step_id, {}, done, num_steps=k, token_lists=lists)
+        result.duration_s = done
         return result, marks
+
+    def run_iterations(self, plan: StepPlan) -> tuple[StepResult, list[list[tuple[float, float]]]]:
+        """A multi-step plan: (result with every iteration's tokens, per iteration the
+        [(work_s, prefill_fraction 0)] of each batch)."""
+        k, cost = plan.num_steps, self.cost_model
+        iterations: list[list[tuple[float, float]]] = [[] for _ in range(k)]
+        lists: dict[str, list[int]] = {}
+        token, vocab, crcs = self.token, self.vocab_size, self._crc
+        for batch in plan.batches:
+            key, positions = batch.key, batch.positions
+            for j in range(k):
+                shape = BatchShape(decode_context=tuple(p + j for p in positions))
+                iterations[j].append((cost.step_time(key, shape), 0.0))
+            for rid, p in zip(batch.request_ids, positions, strict=True):
+                crc = crcs.get(rid)
+                if crc is None:
+                    token(rid, p)
+                    crc = crcs[rid]
+                lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
+        longest = sum(max(w for w, _ in it) for it in iterations)
+        return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations

@@ -36,6 +36,7 @@ class PageBroker:
         self.max_preemptions = max_preemptions
         self.tokens_per_page = {m: allocator.page_format(m).tokens_per_page for m in models}
         self.tokens_per_byte = {m: 1.0 / allocator.page_format(m).bytes_per_token for m in models}
+        self._reserve: dict[str, int] = {}  # `reserve_pages` by model (fixed per allocator)
 
     def pages_needed(self, seq: Sequence, tokens_after: int) -> int:
         """Extra pages `seq` needs so its KV can hold `tokens_after` tokens."""
@@ -82,24 +83,50 @@ class PageBroker:
         preferred (their pages surely help); other models' only when it has none. Only those
         `choose_victim` may take (their model keeps its reserve without them) become
         candidates: the same filter it applies, done first so a refused sequence costs no
-        candidate."""
-        pool = [s for s in others if s.pages and s is not seq]
-        same = [s for s in pool if s.model == seq.model]
-        pool = same or pool
+        candidate (and no look at the rest once `seq`'s model can give up nothing)."""
+        model, room = seq.model, self._room_of()
+        own_room = room(model)
+        stuck = own_room < 1 and len(seq.pages) > own_room  # no sequence of its model may go
+        same_seen = False
+        same: list[Sequence] = []
+        other: list[Sequence] = []
+        for s in others:
+            pages = len(s.pages)
+            if not pages or s is seq:
+                continue
+            if s.model == model:
+                if stuck:
+                    return None
+                same_seen = True
+                if pages <= own_room:
+                    same.append(s)
+            elif not same_seen and pages <= room(s.model):
+                other.append(s)
+        pool = same if same_seen else other
         pool.sort(key=lambda s: -s.arrival_s)  # newest first: ties go to the newest
-        pool.append(seq)
-        room = self._room({s.model for s in pool})
-        pool = [s for s in pool if len(s.pages) <= room[s.model]]
+        if len(seq.pages) <= own_room:
+            pool.append(seq)
         if not pool:
             return None
         by_id = {s.request_id: s for s in pool}
         chosen = choose_victim([self.candidate(s, now) for s in pool], self.allocator)
         return by_id[chosen.request_id] if chosen is not None else None
 
-    def _room(self, models: Iterable[str]) -> dict[str, int]:
-        """Per model, the most pages a preemption may take and keep its reserve."""
-        alloc = self.allocator
-        return {m: alloc.used_pages(m) - reserve_pages(alloc, m) for m in models}
+    def _room_of(self) -> Callable[[str], int]:
+        """Per model (computed once per call), the most pages a preemption may take from it
+        and keep its reserve."""
+        alloc, room, reserve = self.allocator, {}, self._reserve
+
+        def of(model: str) -> int:
+            r = room.get(model)
+            if r is None:
+                floor = reserve.get(model)
+                if floor is None:
+                    floor = reserve[model] = reserve_pages(alloc, model)
+                r = room[model] = alloc.used_pages(model) - floor
+            return r
+
+        return of
 
     def candidate(self, seq: Sequence, now: float) -> PreemptionCandidate:
         return PreemptionCandidate(

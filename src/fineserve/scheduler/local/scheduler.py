@@ -12,7 +12,7 @@ table. Queues, submission, abort and `update` live in `state.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
 from itertools import repeat
@@ -22,7 +22,7 @@ from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
 from fineserve.memory.errors import OutOfPagesError
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
-from fineserve.scheduler.local.costs import CostModel
+from fineserve.scheduler.local.costs import CostModel, InstanceKey
 from fineserve.scheduler.local.policies import Policy, PolicyContext, make_policy
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence, Status
@@ -34,10 +34,11 @@ _last = itemgetter(slice(-1, None))  # tokens[-1:], the token a decode feeds
 
 @dataclass(slots=True)
 class _Build:
-    """One model's part of the plan being built."""
+    """One model's part of the plan being built (each batch made when it gets an entry)."""
 
-    prefill: ModelBatch
-    decode: ModelBatch
+    key: InstanceKey
+    prefill: ModelBatch | None = None
+    decode: ModelBatch | None = None
 
 
 class LocalScheduler(SchedulerState):
@@ -107,7 +108,7 @@ class LocalScheduler(SchedulerState):
                 build = builds.get(m)
                 if build is not None:
                     batch = _merge(build)
-                    if batch.request_ids:
+                    if batch is not None and batch.request_ids:
                         plan.batches.append(batch)
             if max_steps > 1:
                 plan.num_steps = self._horizon(plan, lane, ctx, max_steps)
@@ -181,8 +182,7 @@ class LocalScheduler(SchedulerState):
     def _build(self, builds: dict[str, _Build], model: str) -> _Build:
         build = builds.get(model)
         if build is None:
-            key = self.models[model].key
-            build = builds[model] = _Build(ModelBatch(model, key), ModelBatch(model, key))
+            build = builds[model] = _Build(self.models[model].key)
         return build
 
     def _model_order(self, lane: Lane) -> list[str]:
@@ -190,6 +190,8 @@ class LocalScheduler(SchedulerState):
         first."""
         if len(lane.models) == 1:
             return list(lane.models)
+        if not self.waiting and not self.prefilling:  # all at inf: served-model order
+            return [m for m in self.models if m in lane.models]
         urgent = {m: float("inf") for m in self.models if m in lane.models}
         for seq in self._prefill_candidates():
             if seq.model in urgent:
@@ -218,32 +220,33 @@ class LocalScheduler(SchedulerState):
         for name in self._model_order(lane):
             cols = all_cols[name]
             if cols.dirty:
-                cols.rebuild(self.decoding[name])
+                cols.rebuild(self.decoding[name], self.pages.tokens_per_page[name])
             running = cols.seqs
             if not running:
                 continue
             ctx.decode_contexts[name] = cols.positions
             limit = self.policy.decode_limit(self.models[name], running, ctx)
-            batch = self._build(builds, name).decode
-            budget -= self._add_decodes(batch, cols, limit, plan, lane, ctx.now)
+            build = self._build(builds, name)
+            build.decode = batch = self._add_decodes(name, build.key, cols, limit, plan, lane)
+            budget -= len(batch.request_ids)
             ctx.decodes[name] = batch.positions
         return max(budget, 0)
 
     def _add_decodes(
         self,
-        batch: ModelBatch,
+        model: str,
+        key: InstanceKey,
         cols: DecodeCols,
         limit: int,
         plan: StepPlan,
         lane: Lane,
-        now: float,
-    ) -> int:
-        """Fill the (empty) decode `batch` from the model's decode columns (at most `limit`,
-        longest-waiting first, so none starves), first growing the page tables of those whose
-        KV fills its last page; returns how many run. Hot path: column-wise, no pass over the
-        sequences when every decode runs and none crosses a page boundary."""
-        model = batch.model
+    ) -> ModelBatch:
+        """The decode batch of `model` from its decode columns (at most `limit`, longest-
+        waiting first, so none starves), first growing the page tables of those whose KV fills
+        its last page. Hot path: column-wise, no pass over the sequences when every decode
+        runs (the decodes at a page boundary come from `cols.edges`)."""
         seqs = cols.seqs
+        now = plan.now
         n = len(seqs)
         idx: list[int] | None = None
         if limit < n:
@@ -251,14 +254,18 @@ class LocalScheduler(SchedulerState):
         t = self.pages.tokens_per_page[model]
         pos = cols.positions
         # KV covers `position` tokens, so a decode fills its last page only at a page boundary
-        if idx is None:
-            edge = (
-                [i for i, p in enumerate(pos) if not p % t] if 0 in map(mod, pos, repeat(t)) else ()
-            )
-        else:
+        edge: Seqs[int]
+        if idx is not None:
             edge = [i for i in idx if not pos[i] % t]
+        elif cols.edges is not None:
+            edge = cols.edges[-cols.shift % t]
+        elif 0 in map(mod, pos, repeat(t)):
+            edge = [i for i, p in enumerate(pos) if not p % t]
+        else:
+            edge = ()
         if edge:
-            full = [seqs[i] for i in edge if seqs[i].num_computed >= len(seqs[i].pages) * t]
+            tables = cols.page_tables  # a tracked decode has `position` tokens computed
+            full = [seqs[i] for i in edge if pos[i] >= len(tables[i]) * t]
             if full and not self._grant_one_each(full, plan, lane, now):
                 running = RUNNING
                 idx = [
@@ -270,28 +277,34 @@ class LocalScheduler(SchedulerState):
         if idx is None:  # every decode, in column order (see `DecodeCols` on sharing)
             lane.decode_seqs[model] = seqs
             lane.all_decodes.add(model)
-            batch.request_ids = cols.request_ids[:]
-            batch.token_ids = list(map(_last, cols.tokens))
-            batch.positions = pos[:]
-            batch.page_tables = cols.page_tables[:]
-            batch.sampling = cols.sampling[:]
-            batch.output_index = list(map(sub, pos, cols.num_prompt))
-        else:
-            lane.decode_seqs[model] = [seqs[i] for i in idx]
-            batch.request_ids = ids = [cols.request_ids[i] for i in idx]
-            tokens = cols.tokens
-            batch.token_ids = [tokens[i][-1:] for i in idx]
-            batch.positions = positions = [pos[i] for i in idx]
-            tables = cols.page_tables
-            batch.page_tables = [tables[i] for i in idx]
-            sampling = cols.sampling
-            batch.sampling = [sampling[i] for i in idx]
-            prompt = cols.num_prompt
-            batch.output_index = [p - prompt[i] for p, i in zip(positions, idx, strict=True)]
-            lane.scheduled.update(ids)
-        k = len(batch.request_ids)
-        batch.samples = [True] * k
-        return k
+            return ModelBatch(
+                model,
+                key,
+                cols.request_ids[:],
+                list(map(_last, cols.tokens)),
+                pos[:],
+                cols.page_tables[:],
+                [True] * n,
+                cols.sampling[:],
+                list(map(sub, pos, cols.num_prompt)),
+            )
+        lane.decode_seqs[model] = [seqs[i] for i in idx]
+        ids = [cols.request_ids[i] for i in idx]
+        lane.scheduled.update(ids)
+        tokens, tables, sampling = cols.tokens, cols.page_tables, cols.sampling
+        positions = [pos[i] for i in idx]
+        prompt = cols.num_prompt
+        return ModelBatch(
+            model,
+            key,
+            ids,
+            [tokens[i][-1:] for i in idx],
+            positions,
+            [tables[i] for i in idx],
+            [True] * len(idx),
+            [sampling[i] for i in idx],
+            [p - prompt[i] for p, i in zip(positions, idx, strict=True)],
+        )
 
     def _grant_one_each(self, full: list[Sequence], plan: StepPlan, lane: Lane, now: float) -> bool:
         """One more page for each of `full`: in one allocator call when memory allows (True),
@@ -338,8 +351,10 @@ class LocalScheduler(SchedulerState):
                 continue
             chunk = min(seq.pending, budget)
             if self._start_chunk(seq, chunk, plan, lane, ctx.now):
-                prefill = self._build(builds, seq.model).prefill
-                _add(prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
+                build = self._build(builds, seq.model)
+                if build.prefill is None:
+                    build.prefill = ModelBatch(seq.model, build.key)
+                _add(build.prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
                 scheduled.add(seq.request_id)
                 budget -= chunk
 
@@ -395,15 +410,8 @@ class LocalScheduler(SchedulerState):
     def _grant(self, seq: Sequence, n: int, plan: StepPlan, lane: Lane, now: float) -> bool:
         """Pages for a running sequence, preempting unscheduled running ones if needed."""
 
-        busy, runs = self._busy, self._runs
-
-        def others() -> Iterator[Sequence]:  # never one in this plan or in a plan in flight
-            for s in self._running():
-                if runs(lane, s):
-                    continue
-                other = busy.get(s.model)
-                if other is None or not runs(other, s):
-                    yield s
+        def others() -> Iterator[Sequence]:
+            return self._preemptible(lane, seq.model)
 
         def preempt(victim: Sequence) -> None:
             self._preempt(victim, plan)
@@ -413,6 +421,36 @@ class LocalScheduler(SchedulerState):
             return False
         plan.new_pages.setdefault(seq.model, []).extend(got)
         return True
+
+    def _preemptible(self, lane: Lane, first: str | None = None) -> Iterator[Sequence]:
+        """Running sequences in neither `lane`'s plan nor a plan in flight, in `_running`
+        order except that those of model `first` come first (`PageBroker.pick_victim` looks
+        at them first and keeps each model's order); a model whose decodes all run in one of
+        those plans is skipped whole."""
+        if first is not None:
+            yield from self._preemptible_of(lane, lambda m: m == first)
+            yield from self._preemptible_of(lane, lambda m: m != first)
+        else:
+            yield from self._preemptible_of(lane, lambda m: True)
+
+    def _preemptible_of(self, lane: Lane, which: Callable[[str], bool]) -> Iterator[Sequence]:
+        busy, runs = self._busy, self._runs
+        for s in self.prefilling.values():
+            if s.request_id in lane.scheduled or not which(s.model):
+                continue
+            other = busy.get(s.model)
+            if other is None or not runs(other, s):
+                yield s
+        for model, running in self.decoding.items():
+            other = busy.get(model)
+            if model in lane.all_decodes or (other is not None and model in other.all_decodes):
+                continue
+            if not which(model):
+                continue
+            for s in running.values():
+                if runs(lane, s) or (other is not None and runs(other, s)):
+                    continue
+                yield s
 
     def _running(self) -> Iterator[Sequence]:
         yield from self.prefilling.values()
@@ -450,12 +488,12 @@ def _add(batch: ModelBatch, seq: Sequence, tokens: list[int], samples: bool) -> 
     batch.output_index.append(len(seq.tokens) - seq.num_prompt)
 
 
-def _merge(build: _Build) -> ModelBatch:
-    """Prefill chunks first, then decodes (the `ModelBatch` invariant)."""
+def _merge(build: _Build) -> ModelBatch | None:
+    """Prefill chunks first, then decodes (the `ModelBatch` invariant); None if neither."""
     p, d = build.prefill, build.decode
-    if not p.request_ids:
+    if p is None or not p.request_ids:
         return d
-    if not d.request_ids:
+    if d is None or not d.request_ids:
         p.num_prefills = len(p.request_ids)
         return p
     return ModelBatch(

@@ -44,10 +44,15 @@ class DecodeCols:
     column-wise; `left` is a lower bound on the tokens any of them may still sample before it
     ends (an end check runs only when it reaches 0); `stamp` is the `Stamp` the sequences'
     `last_token_s` read once `stamped` (a step ran every one of them at `stamp.t`).
+    `edges[r]` (when built for `tokens_per_page` t) lists the indices whose position was
+    `r` mod t at the rebuild; `shift` counts the tokens every decode got since, so the decodes
+    at a page boundary now are `edges[-shift % t]`. A step running only some decodes drops
+    `edges` (None: scan the positions) until the next rebuild.
     """
 
     __slots__ = (
         "dirty",
+        "edges",
         "left",
         "num_prompt",
         "page_tables",
@@ -56,6 +61,7 @@ class DecodeCols:
         "request_ids",
         "sampling",
         "seqs",
+        "shift",
         "stamp",
         "stamped",
         "tokens",
@@ -74,8 +80,10 @@ class DecodeCols:
         self.left = 0
         self.stamp = Stamp()
         self.stamped = False
+        self.edges: list[list[int]] | None = None
+        self.shift = 0
 
-    def rebuild(self, decoding: dict[str, Sequence]) -> None:
+    def rebuild(self, decoding: dict[str, Sequence], tokens_per_page: int = 0) -> None:
         self.seqs = seqs = list(decoding.values())
         self.request_ids = list(decoding)
         for s in seqs:
@@ -90,6 +98,12 @@ class DecodeCols:
         self.stamp = Stamp()  # the old one is never changed again: its readers keep its time
         self.stamped = False
         self.dirty = False
+        self.shift = 0
+        self.edges = None
+        if tokens_per_page:
+            self.edges = edges = [[] for _ in range(tokens_per_page)]
+            for i, p in enumerate(self.positions):
+                edges[p % tokens_per_page].append(i)
 
     def tokens_left(self) -> int:
         """Fewest tokens any sequence may still sample before reaching its end length."""
@@ -281,7 +295,9 @@ class SchedulerState:
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
                 if idx is None:  # a new list: the plan keeps the old one
                     cols.positions = [p + steps for p in cols.positions]
+                    cols.shift += steps
                 else:
+                    cols.edges = None
                     positions = cols.positions
                     for i in idx:
                         positions[i] += 1

@@ -122,3 +122,22 @@ def test_cut_ends_an_activity_at_the_mark_in_progress(table: TableCostModel) -> 
     assert group.cut(act) == 2
     assert act.remaining == pytest.approx(0.5)
     assert group.next_finish() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("end", [0.05, 0.1234, 0.3])
+def test_the_end_of_the_run_applies_the_iterations_single_steps_would_have(
+    end: float, table: TableCostModel, gpu: GpuSpec
+) -> None:
+    """A run stopped at `end` inside a horizon: the unfinished request has the tokens of the
+    iterations finished by then, as with single steps."""
+    models = [SimModel("m0", TINY, 1.0)]
+    placement = Placement((PlacedInstance("m0", (0,)),), 1)
+    counts = []
+    for k in (1, 64):
+        sim = ClusterSim(
+            models, placement, get_scheme("fineserve"), table, table.interference, gpu, max_steps=k
+        )
+        rec = sim.run([SimRequest("a", "m0", 0.0, 20, 400)], horizon_s=end).records["a"]
+        assert rec.finish_s is None
+        counts.append(rec.output_tokens)
+    assert counts[0] == counts[1] > 1

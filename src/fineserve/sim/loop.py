@@ -50,7 +50,7 @@ from fineserve.engine.step import StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.sim.catalog import GpuSpec, SimModel
-from fineserve.sim.device import Activity, GpuGroup
+from fineserve.sim.device import EPS, Activity, GpuGroup
 from fineserve.sim.placement import Placement
 from fineserve.sim.records import RecordBook
 from fineserve.sim.schemes import SchemeSpec, build_group_engines
@@ -143,6 +143,8 @@ class ClusterSim:
     ) -> None:
         self.models = {m.name: m for m in models}
         self.max_steps = max_steps
+        self._due: dict[str, list[float]] = {}  # per model, arrivals to come (next last)
+        self._horizon_s = math.inf
         self.scheme = scheme
         self.cost_model = cost_model
         self.interference = interference
@@ -210,6 +212,10 @@ class ClusterSim:
         """Simulate `requests` (sorted by arrival) until all finish or `horizon_s`."""
         heap = self._heap
         n, i = len(requests), 0
+        self._horizon_s = horizon_s
+        self._due = {}
+        for req in reversed(requests):  # each model's arrivals, next last
+            self._due.setdefault(req.model, []).append(req.arrival_s)
         replans = sorted(replace_at) if replan is not None else []
         j = 0
         while True:
@@ -237,8 +243,29 @@ class ClusterSim:
         self.stats.sim_end_s = min(horizon_s, max((g.last_t for g in self.groups), default=0.0))
         self.stats.gpu_busy_s = sum(g.busy_s * len(g.gpus) for g in self.groups)
         self.stats.preemptions = sum(e.engine.scheduler.stats.preemptions for e in self.engines)
+        if horizon_s < math.inf:
+            self._settle_horizons(horizon_s)
         self._settle_unfinished()
         return self.book
+
+    def _settle_horizons(self, end: float) -> None:
+        """Apply the iterations of multi-step plans still in flight at `end` that single steps
+        would have applied by then (the engine's state then matches theirs)."""
+        for eng in self.engines:
+            for lane in eng.lanes:
+                result, act = lane.result, lane.horizon
+                if result is None or (act is None and lane.iterations is None):
+                    continue
+                if act is not None:
+                    assert act.marks is not None
+                    done = act.marks[-1] - act.remaining + (end - eng.group.last_t) * act.rate
+                    steps = sum(1 for mark in act.marks if mark <= done + EPS)
+                else:
+                    steps = lane.at
+                if steps:
+                    result.num_steps = steps
+                    lane.result = lane.horizon = lane.iterations = None
+                    self._collect(eng, eng.engine.finish_step(result, end), end)
 
     def _settle_unfinished(self) -> None:
         """Without per-token times requests do not stream (their tokens come with their final
@@ -261,6 +288,7 @@ class ClusterSim:
 
     def _arrive(self, req: SimRequest) -> None:
         t = req.arrival_s
+        self._due[req.model].pop()
         m = self.models[req.model]
         self.book.arrive(
             req.request_id, req.model, t, req.prompt_tokens, m.ttft_slo_s, m.tpot_slo_s
@@ -336,15 +364,21 @@ class ClusterSim:
         group = eng.group
         lane.result = None
         lane.iterations = None
+        limit_s = math.inf
+        if plan.num_steps > 1:
+            # iterations that would start after the lane's next arrival (or the end) are cut
+            due = [d[-1] for m in lane.models or eng.models if (d := self._due.get(m))]
+            limit_s = min(due, default=math.inf)
+            limit_s = min(limit_s, self._horizon_s) - now
         if plan.num_steps > 1 and len(plan.batches) == 1:
-            result, marks = self.coster.run_steps(plan)
+            result, marks = self.coster.run_steps(plan, limit_s)
             extra = self._map_cost(eng)
             act = Activity(marks[-1] + extra, 0.0, lane, eng.gpus, marks=[m + extra for m in marks])
             lane.horizon = act
             works = [act]
         else:
             if plan.num_steps > 1:
-                result, iterations = self.coster.run_iterations(plan)
+                result, iterations = self.coster.run_iterations(plan, limit_s)
                 lane.iterations, lane.at = iterations, 0
                 costs = iterations[0]
             else:
@@ -354,7 +388,7 @@ class ClusterSim:
                 Activity(work + (extra if k == 0 else 0.0), frac, lane, eng.gpus)
                 for k, (work, frac) in enumerate(costs)
             ]
-        self.stats.steps += plan.num_steps
+        self.stats.steps += result.num_steps
         lane.result = result
         lane.left = len(works)
         for act in works:

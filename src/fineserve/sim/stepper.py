@@ -11,6 +11,7 @@ iteration (`run_steps`: one activity), else per iteration and batch (`run_iterat
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from fineserve.costmodel.base import BatchShape, CostModel
@@ -65,10 +66,12 @@ class BatchCoster:
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works
 
-    def run_steps(self, plan: StepPlan) -> tuple[StepResult, list[float]]:
+    def run_steps(
+        self, plan: StepPlan, limit_s: float = math.inf
+    ) -> tuple[StepResult, list[float]]:
         """A multi-step plan of one batch: (result with every iteration's tokens, cumulative
-        solo work at the end of each iteration)."""
-        result, iterations = self.run_iterations(plan)
+        solo work at the end of each iteration); see `run_iterations` on `limit_s`."""
+        result, iterations = self.run_iterations(plan, limit_s)
         marks: list[float] = []
         done = 0.0
         for ((work, _),) in iterations:
@@ -77,18 +80,26 @@ class BatchCoster:
         result.duration_s = done
         return result, marks
 
-    def run_iterations(self, plan: StepPlan) -> tuple[StepResult, list[list[tuple[float, float]]]]:
+    def run_iterations(
+        self, plan: StepPlan, limit_s: float = math.inf
+    ) -> tuple[StepResult, list[list[tuple[float, float]]]]:
         """A multi-step plan: (result with every iteration's tokens, per iteration the
-        [(work_s, prefill_fraction 0)] of each batch)."""
+        [(work_s, prefill_fraction 0)] of each batch). Only the iterations that start within
+        `limit_s` of solo time run (`result.num_steps`; at least one): the later ones could
+        not start before it (no batch runs faster than alone)."""
         k, cost = plan.num_steps, self.cost_model
-        iterations: list[list[tuple[float, float]]] = [[] for _ in range(k)]
+        iterations: list[list[tuple[float, float]]] = []
+        start = 0.0
+        while len(iterations) < k and (not iterations or start < limit_s):
+            j = len(iterations)
+            works = [(cost.step_time(b.key, _shifted(b.positions, j)), 0.0) for b in plan.batches]
+            iterations.append(works)
+            start += max(w for w, _ in works)
+        k = len(iterations)
         lists: dict[str, list[int]] = {}
         token, vocab, crcs = self.token, self.vocab_size, self._crc
         for batch in plan.batches:
-            key, positions = batch.key, batch.positions
-            for j in range(k):
-                shape = BatchShape(decode_context=tuple(p + j for p in positions))
-                iterations[j].append((cost.step_time(key, shape), 0.0))
+            positions = batch.positions
             for rid, p in zip(batch.request_ids, positions, strict=True):
                 crc = crcs.get(rid)
                 if crc is None:
@@ -97,3 +108,8 @@ class BatchCoster:
                 lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
         longest = sum(max(w for w, _ in it) for it in iterations)
         return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
+
+
+def _shifted(positions: list[int], j: int) -> BatchShape:
+    """The decode batch at `positions`, j iterations later."""
+    return BatchShape(decode_context=tuple(p + j for p in positions))

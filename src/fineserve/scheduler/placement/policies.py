@@ -68,6 +68,9 @@ def _graceful(
        placement most (memory checked; the predictor judges the load); if nowhere gains,
        the model gets no more. A model never gets more replicas than its option (what its
        rate needs).
+    3. Saturated models (:func:`_saturated`): while a model's replicas each carry more than
+       a whole group's busy share at its full rate, it gets another replica on the
+       least-loaded group with memory, busiest model first, still within its option.
     """
     state = ClusterState(problem, sizer)
     chosen: dict[str, Option] = {}
@@ -95,7 +98,82 @@ def _graceful(
             continue
         if k + 1 < o.replicas:
             heapq.heappush(heap, (key, name, k + 1))
+    _saturated(problem, sizer, state, chosen)
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
+
+
+SATURATED = 1.0  # busy share per replica (of a whole group) beyond which a model is saturated
+HEAVY_TP = 0.5  # a TP > 1 replica with this busy share of its own takes no saturated 8B replica
+
+
+def _saturated(
+    problem: PlacementProblem, sizer: Sizer, state: ClusterState, chosen: dict[str, Option]
+) -> None:
+    """Overload phase 3: replicas for models that one replica per group cannot carry.
+
+    A model is saturated while ``rate / replicas placed x work > SATURATED``: each replica
+    alone would need more than its whole group, so early rejection drops most of its traffic
+    however light its co-tenants are (phase 2 leaves it there when the predictor, which sees
+    the cluster overloaded everywhere, finds no gain). Busiest first, one replica at a time on
+    the least-loaded group with memory for it (:func:`_add_least_loaded`), until it is no
+    longer saturated, reaches its option's replica count, or nothing fits. Invariant: no model
+    ends with more replicas than its option.
+    """
+
+    def load(name: str) -> float:
+        m = sizer.model(name)
+        return m.rate / max(1, len(state.groups_of(name))) * sizer.work(m, chosen[name].tp)
+
+    def wants_more(name: str) -> bool:
+        n = len(state.groups_of(name))
+        return 0 < n < chosen[name].replicas and load(name) > SATURATED
+
+    heap = [(-load(n), n) for n in chosen if wants_more(n)]
+    heapq.heapify(heap)
+    while heap:
+        _, name = heapq.heappop(heap)
+        one = replace(chosen[name], replicas=1)
+        if _add_least_loaded(problem, sizer, state, one) and wants_more(name):
+            heapq.heappush(heap, (-load(name), name))
+
+
+def _heavy_gpus(sizer: Sizer, state: ClusterState) -> set[str]:
+    """GPUs of TP > 1 replicas whose own busy share (model rate over its replicas placed)
+    reaches ``HEAVY_TP``: an 8B step there slows every GPU of that group's step."""
+    count: dict[str, int] = {}
+    for i in state.instances:
+        count[i.model] = count.get(i.model, 0) + 1
+    out: set[str] = set()
+    for i in state.instances:
+        m = sizer.model(i.model)
+        if i.tp > 1 and m.rate / count[i.model] * sizer.work(m, i.tp) >= HEAVY_TP:
+            out.update(i.gpus)
+    return out
+
+
+def _add_least_loaded(
+    problem: PlacementProblem, sizer: Sizer, state: ClusterState, one: Option
+) -> bool:
+    """Add one more replica of ``one`` on the group with the lowest busiest-GPU busy share
+    (ties: most free memory) among those with memory for it, not already serving the model
+    and (for TP = 1) not on a heavy TP group's GPUs; False when none qualifies."""
+    mine = state.groups_of(one.model)
+    heavy = _heavy_gpus(sizer, state) if one.tp == 1 else set()
+    fitting = [
+        grp
+        for grp in problem.cluster.groups(one.tp)
+        if grp not in mine
+        and not heavy.intersection(grp)
+        and state.fits(one, grp, check_util=False)
+    ]
+    if not fitting:
+        return False
+    best = min(
+        fitting,
+        key=lambda g: (max(state.util[x] for x in g), -min(state.free_bytes(x) for x in g)),
+    )
+    state.add(one, best, len(mine))
+    return True
 
 
 def _ok(state: ClusterState, group: Group) -> bool:

@@ -22,7 +22,12 @@ did, not to time slices other processes took; `--clock wall` is the plain wall c
 seconds still stretch when other processes share the machine (by up to ~1.8x on the shared
 2-core VM), so each run reports the load it saw: `cpu_share` (CPU seconds / wall seconds) and
 `speed_factor` (its engine steps' measured time over the table's prediction of the same
-batches; 1.0 = as fast as when profiled). `--calibrate` measures the speed right before each
+batches; 1.0 = as fast as the table says). The profile's short points ran 1.2-1.7x faster than
+the same engine on the real mixed workload a minute later, which turned 1.5x load into ~2.5x
+and every attainment into ~0; so before the rounds a pilot (`--pilot-s` seconds of the
+workload under fcfs) measures that factor on thousands of real steps
+(`pilot_speed_factor`), and the table used for capacity, SLOs and the policies' predictions
+is scaled by it (`ScaledCost`). `--calibrate` measures the speed right before each
 run instead (`calibrate`: one small batch per model) and scales that run's arrival times,
 SLOs and the cost model the policy predicts with by it; on the shared VM that sample (~0.1 s)
 proved noisier than the drift it corrects (factors 0.55..1.04 within a minute), so it is off
@@ -90,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calibrate", action="store_true", help="scale each run by the speed measured before it"
+    )
+    parser.add_argument(
+        "--pilot-s", type=float, default=2.0, help="seconds of pilot arrivals (0: no pilot)"
     )
     parser.add_argument("--sched-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -382,6 +390,8 @@ def run(args: argparse.Namespace) -> int:
     cost = make_cost_model(f"table:{path}")
     keys = {n: InstanceKey(n, _q(n)) for n in folders}
     load = args.load if args.load is not None else scenario.load
+    pilot = pilot_factor(folders, cost, keys, load, args, say)
+    cost = ScaledCost(cost, pilot) if pilot != 1.0 else cost
     plan = plan_load(cost, keys, load)
     workload = make_workload(
         list(folders), plan["shares"], plan["rate_rps"], args.duration, args.seed
@@ -408,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
         "requests": len(workload),
         "repeats": args.repeats,
         "clock": args.clock,
+        "pilot_speed_factor": pilot,
         "policies": {p: aggregate(runs[p]) for p in policies},
     }
     result.update(ratios(result["policies"], runs))
@@ -427,6 +438,28 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(result, indent=1) if args.json else _table(result))
     return 0
+
+
+def pilot_factor(
+    folders: dict[str, Path],
+    cost: Any,
+    keys: dict[str, Any],
+    load: float,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+) -> float:
+    """The engine's speed on this workload now relative to the profile: `--pilot-s` seconds of
+    the scenario's arrivals under fcfs, its steps' measured over predicted execution time
+    (`_SpeedLog`; thousands of real steps, unlike `calibrate`'s one small batch). 1.0 without a
+    pilot. The rounds then plan capacity and SLOs, and predict, with the table times it."""
+    if args.pilot_s <= 0:
+        return 1.0
+    plan = plan_load(cost, keys, load)
+    work = make_workload(list(folders), plan["shares"], plan["rate_rps"], args.pilot_s, args.seed)
+    res = run_policy("fcfs", folders, cost, plan, work, args)
+    factor = res["speed_factor"] or 1.0
+    say(f"pilot: {len(work)} requests, engine speed {factor:.2f}x the profile's step times")
+    return float(factor)
 
 
 def _policies(text: str) -> list[str]:

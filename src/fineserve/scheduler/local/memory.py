@@ -112,6 +112,10 @@ class PageBroker:
         chosen = choose_victim([self.candidate(s, now) for s in pool], self.allocator)
         return by_id[chosen.request_id] if chosen is not None else None
 
+    def room(self, model: str) -> int:
+        """The most pages a preemption may take from `model` and keep its reserve."""
+        return self._room_of()(model)
+
     def _room_of(self) -> Callable[[str], int]:
         """Per model (computed once per call), the most pages a preemption may take from it
         and keep its reserve."""

@@ -308,14 +308,21 @@ class LocalScheduler(SchedulerState):
 
     def _grant_one_each(self, full: list[Sequence], plan: StepPlan, lane: Lane, now: float) -> bool:
         """One more page for each of `full`: in one allocator call when memory allows (True),
-        else one by one with arbitration and preemption (False: some may have none)."""
+        else one by one with arbitration and preemption (False: some may have none). Once a
+        grant fails with nothing preempted while the model may give up no page
+        (`PageBroker.room` < 1), the rest are not tried: each would fail alike (no page is
+        free, and `pick_victim` finds a sequence of the model, the one refused, first)."""
         model = full[0].model
         try:
             pages = self.pages.allocator.allocate(model, len(full))
         except OutOfPagesError:
+            stats = self.stats
             for seq in full:
                 if seq.status is RUNNING:
-                    self._grant(seq, 1, plan, lane, now)
+                    before = stats.preemptions
+                    granted = self._grant(seq, 1, plan, lane, now)
+                    if not granted and stats.preemptions == before and self.pages.room(model) < 1:
+                        break
             return False
         for seq, page in zip(full, pages, strict=True):
             seq.pages.append(page)

@@ -141,3 +141,14 @@ def test_the_end_of_the_run_applies_the_iterations_single_steps_would_have(
         assert rec.finish_s is None
         counts.append(rec.output_tokens)
     assert counts[0] == counts[1] > 1
+
+
+def test_no_horizon_with_map_costs(table: TableCostModel, gpu: GpuSpec) -> None:
+    """Prism pays for (un)mapping pages in the step that maps them: a horizon would reserve
+    (and charge) them early, so it runs single steps (the same events as max_steps=1)."""
+    reqs = scripted(30, 3, 5.0)
+    single, one = simulate("prism", reqs, table, gpu, 1)
+    multi, many = simulate("prism", reqs, table, gpu, 64)
+    assert get_scheme("prism").map_cost_s > 0
+    assert many.stats.events == one.stats.events
+    assert all(same(multi[rid], rec) for rid, rec in single.items())

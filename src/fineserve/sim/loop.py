@@ -28,9 +28,9 @@ with the iterations run: an arrival of
 one of the lane's models at its engine, another lane of the group left idle with work (an
 empty plan, retried at every event of the group), or outputs produced outside a step
 (rejections: they come out at the group's next event, and free a routing slot). So the
-records are those of single steps (times within float rounding). Map costs (`map_cost_s`) of
-a horizon's pages, reserved at its start, are charged to it at once. With per-token times
-(`token_times`) requests stream and no horizon is made.
+records are those of single steps (times within float rounding). No horizon is made with
+per-token times (`token_times`: requests stream) or map costs (`map_cost_s`: the pages of a
+horizon, reserved at its start, would be (un)mapped and charged earlier than single steps do).
 
 Invariants: the clock never goes back; a lane has at most one plan in flight; every request
 has exactly one record; requests still unfinished at the horizon, and requests of models the
@@ -399,9 +399,11 @@ class ClusterSim:
 
     def _may_span(self, lane: SimLane) -> bool:
         """Whether the lane may ask for a multi-step plan: tokens need no times of their own,
-        and no other lane of its group is idle with work."""
+        its engine pays no map cost (a horizon reserves its pages at its start, so their
+        (un)mapping would be charged earlier than single steps charge it), and no other lane
+        of its group is idle with work."""
         eng = lane.eng
-        if self.max_steps < 2 or self.book.token_times:
+        if self.max_steps < 2 or self.book.token_times or eng.map_cost_s:
             return False
         for other in self._on_group[id(eng.group)]:
             for ln in other.lanes:

@@ -56,13 +56,15 @@ class BatchCoster:
                 frac = p / (p + d) if p + d > 0 else 0.0
             works.append((work, frac))
             crcs, vocab = self._crc, self.vocab_size
-            for i, (rid, sample) in enumerate(zip(batch.request_ids, batch.samples, strict=True)):
-                if sample:
-                    crc = crcs.get(rid)
-                    if crc is None:  # `token(rid, pos)`, inlined on the hot path
-                        tokens[rid] = token(rid, positions[i] + len(chunks[i]))
-                    else:
-                        tokens[rid] = (crc + 7919 * (positions[i] + len(chunks[i]) + 1)) % vocab
+            ids = batch.request_ids
+            for i in range(n_pre):
+                if batch.samples[i]:
+                    tokens[ids[i]] = token(ids[i], positions[i] + len(chunks[i]))
+            get = crcs.get
+            # decodes: one token fed at `p`, one sampled (`token(rid, p + 1)`, inlined)
+            for rid, p in zip(ids[n_pre:], positions[n_pre:], strict=True):
+                crc = get(rid)
+                tokens[rid] = token(rid, p + 1) if crc is None else (crc + 7919 * (p + 2)) % vocab
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works
 

@@ -54,6 +54,18 @@ def test_paged_vmm_granule_maps_one_chunk_per_layer_tensor() -> None:
     assert account(usage).stranded_bytes == 63 * 2 * MIB
 
 
+def test_paged_vmm_charges_map_operations_to_the_model_that_caused_them() -> None:
+    alloc = make_allocator(
+        "paged_vmm", 256 * MIB, [ModelKV("a", FP16), ModelKV("b", FP16)], map_cost_s=1e-5
+    )
+    a_pages = alloc.allocate("a", 1)  # maps a's granule: 64 chunks
+    alloc.allocate("b", 1)  # maps b's granule: 64 chunks; the arena is now fully mapped
+    alloc.free("a", a_pages)  # a keeps its empty granule mapped (hysteresis)
+    alloc.allocate("b", 64)  # b unmaps a's spare granule and maps its own: both b's doing
+    assert alloc.map_ops_by_model == {"a": 64, "b": 64 + 64 + 64}
+    assert sum(alloc.map_ops_by_model.values()) == alloc.usage().extra["map_ops"]
+
+
 def test_unknown_scheme_and_empty_model_list_are_clear_errors() -> None:
     with pytest.raises(InvalidFormatError, match="unknown KV memory scheme"):
         make_allocator("magic", MIB, [ModelKV("m", FP16)])

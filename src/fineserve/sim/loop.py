@@ -412,10 +412,12 @@ class ClusterSim:
         return True
 
     def _map_cost(self, eng: SimEngine) -> float:
-        """Seconds of page (un)mapping done for this engine's model since its last step."""
+        """Seconds of page (un)mapping done for this engine's models since its last step
+        (only their own operations: the allocator is shared by the group's engines)."""
         if not eng.map_cost_s:
             return 0.0
-        ops = getattr(eng.allocator, "map_ops", 0)
+        by_model = getattr(eng.allocator, "map_ops_by_model", {})
+        ops = sum(by_model.get(m, 0) for m in eng.models)
         delta, eng.map_seen = ops - eng.map_seen, ops
         return max(delta, 0) * eng.map_cost_s
 

@@ -56,6 +56,8 @@ class PagedVMMAllocator(PooledAllocator):
         self._next_ids: dict[str, list[int]] = {m.name: [] for m in models}
         self._high: dict[str, int] = dict.fromkeys(self._pools, 0)
         self.map_ops = 0
+        self.map_ops_by_model: dict[str, int] = dict.fromkeys(self._pools, 0)
+        self._payer: str | None = None
 
     def page_stride(self, model: str) -> int:
         return self.page_format(model).page_bytes
@@ -74,7 +76,11 @@ class PagedVMMAllocator(PooledAllocator):
     def _acquire_unit(self, model: str) -> int | None:
         chunks, blocks = self._geometry[model]
         if self.free_chunks < chunks:
-            self._unmap_spare(model, chunks)
+            self._payer = model
+            try:
+                self._unmap_spare(model, chunks)
+            finally:
+                self._payer = None
         if self.free_chunks < chunks:
             return None
         ids = self._next_ids[model]
@@ -84,7 +90,7 @@ class PagedVMMAllocator(PooledAllocator):
             granule = self._high[model]
             self._high[model] += 1
         self.free_chunks -= chunks
-        self.map_ops += chunks
+        self._count_map_ops(model, chunks)
         self._pools[model].add_unit(granule, range(granule * blocks, (granule + 1) * blocks))
         return granule
 
@@ -100,7 +106,14 @@ class PagedVMMAllocator(PooledAllocator):
         self._pools[model].remove_unit(granule)
         heapq.heappush(self._next_ids[model], granule)
         self.free_chunks += chunks
+        self._count_map_ops(self._payer or model, chunks)
+
+    def _count_map_ops(self, payer: str, chunks: int) -> None:
+        """Charge `chunks` (un)map operations to `payer`: the model whose call did them (an
+        allocation that unmaps another model's spare granules pays for those too).
+        Invariant: `sum(map_ops_by_model.values()) == map_ops`."""
         self.map_ops += chunks
+        self.map_ops_by_model[payer] += chunks
 
     def usage(self) -> ArenaUsage:
         models: dict[str, ModelUsage] = {}

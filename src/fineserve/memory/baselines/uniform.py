@@ -35,6 +35,9 @@ class UniformAllocator(KVAllocator):
         self._owned: dict[str, set[int]] = {m.name: set() for m in models}
         self._formats = {m.name: self._format_for(m.fmt) for m in models}
         self._reserve = {m.name: -(-m.reserve_bytes // self.block_bytes) for m in models}
+        # sum over models of max(0, reserve - owned): kept up to date by allocate/free, so
+        # `available_pages` is O(1) (it is called for every admission check and grant)
+        self._owed_total = sum(self._reserve.values())
 
     def _format_for(self, fmt: KVFormat) -> KVFormat:
         if not self.pack_tokens:
@@ -50,12 +53,16 @@ class UniformAllocator(KVAllocator):
         return self.block_bytes
 
     def available_pages(self, model: str) -> int:
-        owed = sum(
-            max(0, self._reserve[name] - len(pages))
-            for name, pages in self._owned.items()
-            if name != model
-        )
+        """Free blocks less what the other models are still owed of their reserves
+        (`_owed_total` less `model`'s own share; an unknown model owes nothing)."""
+        owed = self._owed_total
+        pages = self._owned.get(model)
+        if pages is not None:
+            owed -= max(0, self._reserve[model] - len(pages))
         return max(0, len(self._free) - owed)
+
+    def _owed(self, model: str) -> int:
+        return max(0, self._reserve[model] - len(self._owned[model]))
 
     def allocate(self, model: str, n: int) -> list[int]:
         available = self.available_pages(model)
@@ -66,13 +73,17 @@ class UniformAllocator(KVAllocator):
         free = self._free
         got = free[len(free) - n :]
         del free[len(free) - n :]
+        before = self._owed(model)
         self._owned[model].update(got)
+        self._owed_total += self._owed(model) - before
         return got
 
     def free(self, model: str, pages: Iterable[int]) -> None:
         owned = self._owned_of(model)
         pages = check_free_request(model, pages, owned)
+        before = self._owed(model)
         owned.difference_update(pages)
+        self._owed_total += self._owed(model) - before
         self._free.extend(pages)
 
     def used_pages(self, model: str) -> int:
@@ -102,6 +113,8 @@ class UniformAllocator(KVAllocator):
         assert len(set(all_owned)) == len(all_owned), "a block is owned twice"
         assert not set(all_owned) & set(self._free), "a block is both free and owned"
         assert len(all_owned) + len(self._free) == self._num_blocks, "blocks lost"
+        owed = sum(self._owed(name) for name in self._owned)
+        assert owed == self._owed_total, "reserve debt out of date"
 
     def _owned_of(self, model: str) -> set[int]:
         self.spec(model)

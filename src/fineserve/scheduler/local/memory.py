@@ -37,6 +37,9 @@ class PageBroker:
         self.tokens_per_page = {m: allocator.page_format(m).tokens_per_page for m in models}
         self.tokens_per_byte = {m: 1.0 / allocator.page_format(m).bytes_per_token for m in models}
         self._reserve: dict[str, int] = {}  # `reserve_pages` by model (fixed per allocator)
+        # set by `pick_victim`: its last None came with no candidate at all (not even the
+        # asking sequence), rather than from `choose_victim` declining the candidates
+        self.no_candidate = False
 
     def pages_needed(self, seq: Sequence, tokens_after: int) -> int:
         """Extra pages `seq` needs so its KV can hold `tokens_after` tokens."""
@@ -85,6 +88,7 @@ class PageBroker:
         candidates: the same filter it applies, done first so a refused sequence costs no
         candidate (and no look at the rest once `seq`'s model can give up nothing)."""
         model, room = seq.model, self._room_of()
+        self.no_candidate = True
         own_room = room(model)
         stuck = own_room < 1 and len(seq.pages) > own_room  # no sequence of its model may go
         same_seen = False
@@ -108,6 +112,7 @@ class PageBroker:
             pool.append(seq)
         if not pool:
             return None
+        self.no_candidate = False
         by_id = {s.request_id: s for s in pool}
         chosen = choose_victim([self.candidate(s, now) for s in pool], self.allocator)
         return by_id[chosen.request_id] if chosen is not None else None

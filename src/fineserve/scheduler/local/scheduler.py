@@ -12,11 +12,12 @@ table. Queues, submission, abort and `update` live in `state.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter, mod, sub
+from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
@@ -44,6 +45,10 @@ class _Build:
 class LocalScheduler(SchedulerState):
     """Per-GPU scheduler over every co-located model (see the module docstring)."""
 
+    #: exact shortcuts on (tests turn them off to compare with the plain path): the admission
+    #: memo of a prefill pass (`_can_start`) and the early stop of `_grant_one_each`
+    shortcuts: ClassVar[bool] = True
+
     def __init__(
         self,
         models: Seqs[ServedModel],
@@ -58,6 +63,9 @@ class LocalScheduler(SchedulerState):
         self._step_id = 0
         self._all_models = frozenset(self.models)
         self._all_lane = True  # the plan being built covers every model
+        # during a prefill pass: per model [running count, available pages or None], valid
+        # until the pass changes running sequences or pages (then cleared); None outside one
+        self._admit_memo: dict[str, list[int | None]] | None = None
 
     # -- planning ----------------------------------------------------------------------------
     def schedule(
@@ -311,17 +319,27 @@ class LocalScheduler(SchedulerState):
         else one by one with arbitration and preemption (False: some may have none). Once a
         grant fails with nothing preempted while the model may give up no page
         (`PageBroker.room` < 1), the rest are not tried: each would fail alike (no page is
-        free, and `pick_victim` finds a sequence of the model, the one refused, first)."""
+        free, and `pick_victim` finds a sequence of the model, the one refused, first).
+
+        Likewise (`shortcuts`) once a grant fails with nothing preempted because
+        `pick_victim` had no candidate at all (`PageBroker.no_candidate`): nothing changed,
+        so the next sequence's one page is refused alike, and its candidates are the same
+        sequences of the model with the refused one in its place. Each of those, and the
+        refused one, holds more pages than the model may give up (else it would have been
+        a candidate), so the next sequence has no candidate either (it was itself one of
+        the refused one's: a running decode of the lane's model, not yet in any plan)."""
         model = full[0].model
         try:
             pages = self.pages.allocator.allocate(model, len(full))
         except OutOfPagesError:
-            stats = self.stats
+            stats, broker = self.stats, self.pages
             for seq in full:
                 if seq.status is RUNNING:
                     before = stats.preemptions
                     granted = self._grant(seq, 1, plan, lane, now)
-                    if not granted and stats.preemptions == before and self.pages.room(model) < 1:
+                    if granted or stats.preemptions != before:
+                        continue
+                    if broker.room(model) < 1 or (self.shortcuts and broker.no_candidate):
                         break
             return False
         for seq, page in zip(full, pages, strict=True):
@@ -342,39 +360,52 @@ class LocalScheduler(SchedulerState):
         candidates = self._lane_candidates(lane)
         if not candidates:
             return
-        admission = self.policy.admit(candidates, ctx)
-        for seq in admission.rejected:
-            self.stats.rejected += 1
-            self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
-        if admission.token_budget is not None:
-            budget = min(budget, admission.token_budget)
-        order = self._memory_order(admission.order, budget, ctx.now)
-        for seq in order:
-            if budget <= 0:
-                break
-            if seq.status is not Status.WAITING and seq.request_id not in self.prefilling:
-                continue  # preempted or finished meanwhile
-            if seq.request_id in scheduled:
-                continue
-            chunk = min(seq.pending, budget)
-            if self._start_chunk(seq, chunk, plan, lane, ctx.now):
-                build = self._build(builds, seq.model)
-                if build.prefill is None:
-                    build.prefill = ModelBatch(seq.model, build.key)
-                _add(build.prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
-                scheduled.add(seq.request_id)
-                budget -= chunk
+        memo: dict[str, list[int | None]] = {}
+        if self.shortcuts:
+            self._admit_memo = memo  # admission checks share counts while nothing changes
+        try:
+            admission = self.policy.admit(candidates, ctx)
+            for seq in admission.rejected:
+                self.stats.rejected += 1
+                self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
+            memo.clear()
+            if admission.token_budget is not None:
+                budget = min(budget, admission.token_budget)
+            order = self._memory_order(admission.order, budget, ctx.now)
+            for seq in order:
+                if budget <= 0:
+                    break
+                waiting = seq.status is Status.WAITING
+                if not waiting and seq.request_id not in self.prefilling:
+                    continue  # preempted or finished meanwhile
+                if seq.request_id in scheduled:
+                    continue
+                chunk = min(seq.pending, budget)
+                started = self._start_chunk(seq, chunk, plan, lane, ctx.now)
+                if started or not waiting:  # pages taken, or granted/preempted: counts stale
+                    memo.clear()
+                if started:
+                    build = self._build(builds, seq.model)
+                    if build.prefill is None:
+                        build.prefill = ModelBatch(seq.model, build.key)
+                    _add(build.prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
+                    scheduled.add(seq.request_id)
+                    budget -= chunk
+        finally:
+            self._admit_memo = None
 
     def _start_chunk(
         self, seq: Sequence, chunk: int, plan: StepPlan, lane: Lane, now: float
     ) -> bool:
         """Get the pages for a prefill chunk; a waiting sequence starts only if its model is
         under `max_running` and keeps `admit_headroom_pages` free, and never preempts."""
-        need = self.pages.pages_needed(seq, seq.num_computed + chunk)
         if seq.status is Status.WAITING:
             if not self._can_start(seq, chunk):
                 return False
+            need = self.pages.pages_needed(seq, seq.num_computed + chunk)
             got = self.pages.try_allocate(seq, need)
+            if self._admit_memo is not None:  # even a refusal may have moved pages (unmaps)
+                self._admit_memo.clear()
             if got is None:
                 return False
             plan.new_pages.setdefault(seq.model, []).extend(got)
@@ -382,18 +413,39 @@ class LocalScheduler(SchedulerState):
             self.prefilling[seq.request_id] = seq
             seq.status = Status.RUNNING
             return True
+        need = self.pages.pages_needed(seq, seq.num_computed + chunk)
         return need == 0 or self._grant(seq, need, plan, lane, now)
 
     def _can_start(self, seq: Sequence, chunk: int | None = None) -> bool:
         """Whether a sequence may take its next chunk now: a running one always may; a waiting
-        one if its model is under `max_running` and keeps `admit_headroom_pages` free."""
+        one if its model is under `max_running` and keeps `admit_headroom_pages` free.
+
+        Within a prefill pass (`_admit_memo` set) the model's running count and available
+        pages are read once and reused until the pass allocates, grants or preempts (it
+        clears the memo then): the same answers as reading them on every call, without an
+        O(running) count and an allocator query per waiting request."""
         if seq.status is not Status.WAITING:
             return True
-        if self.num_running(seq.model) >= self.config.max_running:
+        model = seq.model
+        memo = self._admit_memo
+        if memo is None:
+            running: int | None = self.num_running(model)
+            free = None
+        else:  # within a prefill pass: the counts of the model's first check since a change
+            counts = memo.get(model)
+            if counts is None:
+                counts = memo[model] = [self.num_running(model), None]
+            running, free = counts
+        assert running is not None
+        if running >= self.config.max_running:
             return False
         chunk = min(seq.pending, self.config.token_budget) if chunk is None else chunk
         need = self.pages.pages_needed(seq, seq.num_computed + chunk)
-        return self.pages.available(seq.model) >= need + self.config.admit_headroom_pages
+        if free is None:
+            free = self.pages.available(model)
+            if memo is not None:
+                memo[model][1] = free
+        return free >= need + self.config.admit_headroom_pages
 
     def _memory_order(self, order: list[Sequence], budget: int, now: float) -> list[Sequence]:
         """When the chunks this step would need more pages than a model can get, serve models
@@ -435,24 +487,34 @@ class LocalScheduler(SchedulerState):
         at them first and keeps each model's order); a model whose decodes all run in one of
         those plans is skipped whole."""
         if first is not None:
-            yield from self._preemptible_of(lane, lambda m: m == first)
-            yield from self._preemptible_of(lane, lambda m: m != first)
+            yield from self._preemptible_of(lane, first, None)
+            yield from self._preemptible_of(lane, None, first)
         else:
-            yield from self._preemptible_of(lane, lambda m: True)
+            yield from self._preemptible_of(lane, None, None)
 
-    def _preemptible_of(self, lane: Lane, which: Callable[[str], bool]) -> Iterator[Sequence]:
+    def _preemptible_of(self, lane: Lane, only: str | None, skip: str | None) -> Iterator[Sequence]:
+        """`_preemptible`'s sequences of model `only` (None: every model but `skip`)."""
         busy, runs = self._busy, self._runs
+        scheduled = lane.scheduled
         for s in self.prefilling.values():
-            if s.request_id in lane.scheduled or not which(s.model):
+            model = s.model
+            if s.request_id in scheduled or model == skip or (only is not None and model != only):
                 continue
-            other = busy.get(s.model)
+            other = busy.get(model)
             if other is None or not runs(other, s):
                 yield s
-        for model, running in self.decoding.items():
+        if only is not None:
+            decoding = self.decoding
+            items: Iterable[tuple[str, dict[str, Sequence]]] = (
+                ((only, decoding[only]),) if only in decoding else ()
+            )
+        else:
+            items = self.decoding.items()
+        for model, running in items:
+            if model == skip:
+                continue
             other = busy.get(model)
             if model in lane.all_decodes or (other is not None and model in other.all_decodes):
-                continue
-            if not which(model):
                 continue
             for s in running.values():
                 if runs(lane, s) or (other is not None and runs(other, s)):

@@ -117,3 +117,43 @@ def test_the_tpot_limit_of_the_last_iteration_bounds_the_span(h: ModuleType) -> 
     engine.scheduler.models["a"] = served
     plan = engine.begin_step(engine.clock.now(), max_steps=16)
     assert len(plan.batches[0]) == 2 and plan.num_steps == 4
+
+
+def test_without_horizon_pages_a_span_takes_no_page(h: ModuleType) -> None:
+    """`horizon_pages=False` (an engine that pays for mapping pages when it takes them):
+    the span stops where the first decode's pages are full, no page is taken early, and
+    it gives the outputs and times of single steps."""
+    engine = decoding_engine(h, [40, 40, 40])
+    alloc = engine.scheduler.pages.allocator
+    t = h.PAGE_TOKENS
+    seqs = list(engine.scheduler.seqs.values())
+    room = min(len(s.pages) * t - s.num_computed for s in seqs)
+    before = alloc.used_pages("a")
+    plan = engine.begin_step(engine.clock.now(), max_steps=64, horizon_pages=False)
+    assert plan.num_steps == max(room, 1) and room < 40
+    assert alloc.used_pages("a") == before  # none was full: no page taken
+
+    def run_capped(engine: Engine) -> tuple[list[RequestOutput], list[int], dict[str, float]]:
+        outputs: list[RequestOutput] = []
+        spans: list[int] = []
+        ends: dict[str, float] = {}
+        while engine.has_work():
+            full = sum(len(s.pages) * t <= s.num_computed for s in engine.scheduler.seqs.values())
+            plan = engine.begin_step(engine.clock.now(), max_steps=16, horizon_pages=False)
+            if plan.num_steps > 1:  # only the pages of the first iteration's full decodes
+                assert sum(len(p) for p in plan.new_pages.values()) == full
+            result = engine.executor.execute(plan)
+            engine.clock.advance(result.duration_s)
+            outs = engine.finish_step(result, engine.clock.now())
+            ends.update((o.request_id, engine.clock.now()) for o in outs if o.finished)
+            outputs += outs
+            spans.append(plan.num_steps)
+        return outputs, spans, ends
+
+    lengths = [5, 17, 33, 34, 60]
+    single, ones, single_ends = run(decoding_engine(h, lengths), 1)
+    capped, spans, capped_ends = run_capped(decoding_engine(h, lengths))
+    assert max(spans) > 1 and sum(spans) == len(ones)
+    key = [(o.request_id, o.token_ids, o.finished, o.finish_reason) for o in single]
+    assert [(o.request_id, o.token_ids, o.finished, o.finish_reason) for o in capped] == key
+    assert capped_ends == pytest.approx(single_ends, rel=1e-12, abs=1e-12)

@@ -67,14 +67,20 @@ class Engine:
         return self.scheduler.abort(request_id)
 
     def begin_step(
-        self, now: float, models: frozenset[str] | None = None, max_steps: int = 1
+        self,
+        now: float,
+        models: frozenset[str] | None = None,
+        max_steps: int = 1,
+        horizon_pages: bool = True,
     ) -> StepPlan:
         """Plan a step over `models` (default: every model, with no plan in flight). Raises
         `RuntimeError` when one of the models already has a plan in flight. `max_steps > 1`
-        allows a multi-step decode plan (`StepPlan.num_steps`; the simulator's horizon)."""
+        allows a multi-step decode plan (`StepPlan.num_steps`; the simulator's horizon);
+        `horizon_pages` False keeps it within the pages its sequences already hold (no page
+        is reserved early)."""
         if models is None and self._plans:
             raise RuntimeError(f"step {min(self._plans)} has not been finished")
-        plan = self.scheduler.schedule(now, models, max_steps)
+        plan = self.scheduler.schedule(now, models, max_steps, horizon_pages)
         self._plans[plan.step_id] = plan
         return plan
 

@@ -29,8 +29,11 @@ one of the lane's models at its engine, another lane of the group left idle with
 empty plan, retried at every event of the group), or outputs produced outside a step
 (rejections: they come out at the group's next event, and free a routing slot). So the
 records are those of single steps (times within float rounding). No horizon is made with
-per-token times (`token_times`: requests stream) or map costs (`map_cost_s`: the pages of a
-horizon, reserved at its start, would be (un)mapped and charged earlier than single steps do).
+per-token times (`token_times`: requests stream). An engine with map costs (`map_cost_s`)
+asks for horizons that take no page early (`begin_step(..., horizon_pages=False)`: only the
+iterations its decodes' pages already hold): pages reserved at a horizon's start would be
+(un)mapped and charged earlier than single steps do, while within such a horizon the engine
+makes no allocator call, so every step's map charge is that of single steps.
 
 Invariants: the clock never goes back; a lane has at most one plan in flight; every request
 has exactly one record; requests still unfinished at the horizon, and requests of models the
@@ -355,7 +358,7 @@ class ClusterSim:
         eng = lane.eng
         engine = eng.engine
         max_steps = self.max_steps if self._may_span(lane) else 1
-        plan: StepPlan = engine.begin_step(now, lane.models, max_steps)
+        plan: StepPlan = engine.begin_step(now, lane.models, max_steps, not eng.map_cost_s)
         if plan.empty:
             self._collect(eng, engine.finish_step(StepResult(plan.step_id, {}, 0.0), now), now)
             if engine.has_work(lane.models):
@@ -398,12 +401,11 @@ class ClusterSim:
         return True
 
     def _may_span(self, lane: SimLane) -> bool:
-        """Whether the lane may ask for a multi-step plan: tokens need no times of their own,
-        its engine pays no map cost (a horizon reserves its pages at its start, so their
-        (un)mapping would be charged earlier than single steps charge it), and no other lane
-        of its group is idle with work."""
+        """Whether the lane may ask for a multi-step plan: tokens need no times of their own
+        and no other lane of its group is idle with work. (An engine with a map cost asks
+        for one that takes no page early: see the module docstring.)"""
         eng = lane.eng
-        if self.max_steps < 2 or self.book.token_times or eng.map_cost_s:
+        if self.max_steps < 2 or self.book.token_times:
             return False
         for other in self._on_group[id(eng.group)]:
             for ln in other.lanes:

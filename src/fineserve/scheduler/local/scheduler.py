@@ -69,7 +69,11 @@ class LocalScheduler(SchedulerState):
 
     # -- planning ----------------------------------------------------------------------------
     def schedule(
-        self, now: float, models: frozenset[str] | None = None, max_steps: int = 1
+        self,
+        now: float,
+        models: frozenset[str] | None = None,
+        max_steps: int = 1,
+        horizon_pages: bool = True,
     ) -> StepPlan:
         """Plan one step at time `now` over `models` (default: every model; see the module
         docstring). Plans over disjoint model sets may be in flight at once (step lanes): each
@@ -77,7 +81,9 @@ class LocalScheduler(SchedulerState):
         already has a plan in flight, `ValueError` for an unknown model.
 
         `max_steps > 1` allows a multi-step plan (`StepPlan.num_steps`, see `_horizon`): up to
-        that many decode iterations of the same batch, planned and applied at once."""
+        that many decode iterations of the same batch, planned and applied at once;
+        `horizon_pages` False: no more iterations than the decodes' pages hold after this
+        step's grants (the plan reserves no page early)."""
         if models is None:
             lane_models = self._all_models
         else:
@@ -119,19 +125,29 @@ class LocalScheduler(SchedulerState):
                     if batch is not None and batch.request_ids:
                         plan.batches.append(batch)
             if max_steps > 1:
-                plan.num_steps = self._horizon(plan, lane, ctx, max_steps)
+                plan.num_steps = self._horizon(plan, lane, ctx, max_steps, horizon_pages)
         self._lanes[lane.step_id] = lane
         for m in lane_models:
             self._busy[m] = lane
         return plan
 
-    def _horizon(self, plan: StepPlan, lane: Lane, ctx: PolicyContext, max_steps: int) -> int:
+    def _horizon(
+        self,
+        plan: StepPlan,
+        lane: Lane,
+        ctx: PolicyContext,
+        max_steps: int,
+        horizon_pages: bool = True,
+    ) -> int:
         """How many decode iterations `plan` may stand for (1: an ordinary step), reserving
         the pages of the extra ones. More than 1 only when the plan is the same for each of
         them as K single steps would be: decodes only, every decode of its models running
         (also with the contexts of the last iteration: the policy's decode limit), none with
         streaming or stop tokens, none ending before the last iteration, no request waiting
-        for the lane's models, and memory to spare (`horizon_free_fraction`)."""
+        for the lane's models, and memory to spare (`horizon_free_fraction`; not needed
+        when the plan's decodes already hold the pages of all k iterations: then it takes
+        none early). `horizon_pages` False caps k there (iteration j of a decode at position
+        p fills token p + j, so k <= pages * tokens_per_page - p)."""
         if plan.preempted or self._outputs or self._lane_candidates(lane):
             return 1  # outputs waiting (rejections) come out with the next step's end
         k = max_steps
@@ -142,6 +158,10 @@ class LocalScheduler(SchedulerState):
             if not cols.plain or cols.dirty:
                 return 1
             k = min(k, cols.left)
+            if not horizon_pages and k > 1:
+                t = self.pages.tokens_per_page[batch.model]
+                room = map(sub, map(_capacity, batch.page_tables, repeat(t)), batch.positions)
+                k = min(k, min(room))
         while k > 1 and not self._limits_hold(plan, ctx, k):
             k //= 2
         if k > 1 and not self._reserve_horizon(plan, k):
@@ -168,6 +188,8 @@ class LocalScheduler(SchedulerState):
             needs[batch.model] = [
                 max(0, -(-(p + k) // t) - len(tables[i])) for i, p in enumerate(batch.positions)
             ]
+        if not any(map(any, needs.values())):
+            return True  # the decodes hold every page already: nothing is taken early
         frac = self.config.horizon_free_fraction
         for m in alloc.model_names:
             free = alloc.available_pages(m)
@@ -541,6 +563,11 @@ class LocalScheduler(SchedulerState):
         by_model = self.stats.preemptions_by_model
         by_model[seq.model] = by_model.get(seq.model, 0) + 1
         plan.preempted.append(seq.request_id)
+
+
+def _capacity(table: list[int], tokens_per_page: int) -> int:
+    """Tokens a page table holds."""
+    return len(table) * tokens_per_page
 
 
 def _chunk(seq: Sequence, n: int) -> list[int]:

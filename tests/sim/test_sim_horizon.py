@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from tests.sim.conftest import TINY, TINY_Q
 
 from fineserve.costmodel.table import TableCostModel
+from fineserve.scheduler.local.scheduler import LocalScheduler
+from fineserve.scheduler.local.state import Lane
 from fineserve.sim.catalog import GpuSpec, SimModel
 from fineserve.sim.device import Activity, GpuGroup
 from fineserve.sim.loop import ClusterSim, SimRequest
@@ -161,6 +164,40 @@ def test_map_cost_horizon_takes_no_page_early(
     assert many.stats.events < one.stats.events
     maps = [sum(e.allocator.map_ops_by_model.values()) for e in (one.engines[0], many.engines[0])]
     assert maps[0] == maps[1] > 0
+    assert single.keys() == multi.keys()
+    for rid, rec in single.items():
+        assert same(multi[rid], rec), (rid, facts(rec), facts(multi[rid]))
+
+
+@pytest.mark.parametrize("scheme", ["static"])
+@pytest.mark.parametrize(("seed", "memory_mib"), [(7, 2.5), (8, 4.0), (9, 8.0)])
+def test_horizon_while_admission_refuses_every_waiting_request(
+    scheme: str,
+    seed: int,
+    memory_mib: float,
+    table: TableCostModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small arena, long requests at a high rate (FCFS): requests wait that cannot start
+    until a sequence ends. Horizons are made while they wait (`LocalScheduler._blocked`),
+    and every record, step and preemption is that of single steps."""
+    blocked = [0]
+    original = LocalScheduler._blocked
+
+    def counted(self: LocalScheduler, lane: Lane) -> bool:
+        answer = original(self, lane)
+        blocked[0] += answer
+        return answer
+
+    monkeypatch.setattr(LocalScheduler, "_blocked", counted)
+    gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="test")
+    reqs = [replace(r, output_tokens=r.output_tokens * 4) for r in scripted(120, seed, 150.0)]
+    single, one = simulate(scheme, reqs, table, gpu, 1, ttft=100.0)
+    assert blocked[0] == 0  # (asked only for multi-step plans)
+    multi, many = simulate(scheme, reqs, table, gpu, 64, ttft=100.0)
+    assert blocked[0] > 0
+    assert (many.stats.steps, many.stats.preemptions) == (one.stats.steps, one.stats.preemptions)
+    assert many.stats.events < one.stats.events
     assert single.keys() == multi.keys()
     for rid, rec in single.items():
         assert same(multi[rid], rec), (rid, facts(rec), facts(multi[rid]))

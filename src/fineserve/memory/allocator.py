@@ -66,6 +66,10 @@ class KVAllocator(ABC):
     the allocator exactly as it was."""
 
     scheme: str = "abstract"
+    #: no allocation (by any model) ever raises any model's `available_pages`
+    monotone_available: bool = False
+    #: a model's `available_pages` depends only on its own allocations and frees
+    isolated_models: bool = False
 
     def __init__(self, arena_bytes: int, models: Sequence[ModelKV]) -> None:
         if arena_bytes < 1:

@@ -28,6 +28,9 @@ def _floor_upto(models: Sequence[ModelKV], last: ModelKV) -> int:
 
 class StaticAllocator(PooledAllocator):
     scheme = "static"
+    # a model's available pages are its own region's free pages
+    monotone_available = True
+    isolated_models = True
 
     def __init__(self, arena_bytes: int, models: Sequence[ModelKV]) -> None:
         super().__init__(arena_bytes, models, keep_empty=1)  # the one partition stays

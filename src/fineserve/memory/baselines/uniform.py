@@ -18,6 +18,8 @@ from fineserve.memory.pool import check_free_request
 
 class UniformAllocator(KVAllocator):
     scheme = "uniform"
+    # an allocation takes n free blocks and lowers the others' debt by at most n
+    monotone_available = True
 
     def __init__(
         self, arena_bytes: int, models: Sequence[ModelKV], pack_tokens: bool = False

@@ -66,6 +66,9 @@ class LocalScheduler(SchedulerState):
         # during a prefill pass: per model [running count, available pages or None], valid
         # until the pass changes running sequences or pages (then cleared); None outside one
         self._admit_memo: dict[str, list[int | None]] | None = None
+        # the last prefill pass had candidates and refused every one at `_can_start` (all
+        # waiting, a policy with static admission, no rejection): see `_blocked`
+        self._refused_all = False
 
     # -- planning ----------------------------------------------------------------------------
     def schedule(
@@ -116,6 +119,7 @@ class LocalScheduler(SchedulerState):
         )
         self._all_lane = len(names) == len(self.models)
         budget = self._schedule_decodes(plan, builds, lane, ctx)
+        self._refused_all = False
         self._schedule_prefills(plan, builds, lane, ctx, budget)
         if builds:
             for m in names:
@@ -144,12 +148,15 @@ class LocalScheduler(SchedulerState):
         them as K single steps would be: decodes only, every decode of its models running
         (also with the contexts of the last iteration: the policy's decode limit), none with
         streaming or stop tokens, none ending before the last iteration, no request waiting
-        for the lane's models, and memory to spare (`horizon_free_fraction`; not needed
+        for the lane's models unless admission surely refuses them all in every iteration
+        (`_blocked`), and memory to spare (`horizon_free_fraction`; not needed
         when the plan's decodes already hold the pages of all k iterations: then it takes
         none early). `horizon_pages` False caps k there (iteration j of a decode at position
         p fills token p + j, so k <= pages * tokens_per_page - p)."""
-        if plan.preempted or self._outputs or self._lane_candidates(lane):
+        if plan.preempted or self._outputs:
             return 1  # outputs waiting (rejections) come out with the next step's end
+        if self._lane_candidates(lane) and not self._blocked(lane):
+            return 1
         k = max_steps
         for batch in plan.batches:
             cols = self._cols[batch.model]
@@ -167,6 +174,25 @@ class LocalScheduler(SchedulerState):
         if k > 1 and not self._reserve_horizon(plan, k):
             return 1
         return k
+
+    def _blocked(self, lane: Lane) -> bool:
+        """Whether the requests waiting for the lane's models are refused admission in every
+        iteration of a decode-only multi-step plan, as they were in this step's prefill pass
+        (`_refused_all`: each refused by `_can_start`, with a policy whose admission depends
+        on nothing but the candidates). In the later iterations, as single steps, the
+        candidates, the token budget (the same decodes), their chunks and pages needed and
+        every model's running count are the same (no request ends before the last
+        iteration, none starts or is preempted), and no model's available pages grow: the
+        plan's decode grants only allocate (`monotone_available`) and no other plan can free
+        pages these models may use (`isolated_models`, or the lane has every model of the
+        allocator). So every check fails again. The simulator ends a horizon at an arrival
+        for the lane, as it does without waiting requests."""
+        if not self._refused_all:
+            return False
+        alloc = self.pages.allocator
+        if not alloc.monotone_available:
+            return False
+        return alloc.isolated_models or lane.models.issuperset(alloc.model_names)
 
     def _limits_hold(self, plan: StepPlan, ctx: PolicyContext, k: int) -> bool:
         """Whether the policy runs every decode of `plan` also in its k-th iteration."""
@@ -385,9 +411,11 @@ class LocalScheduler(SchedulerState):
         memo: dict[str, list[int | None]] = {}
         if self.shortcuts:
             self._admit_memo = memo  # admission checks share counts while nothing changes
+        refused_all = self.policy.static_admission
         try:
             admission = self.policy.admit(candidates, ctx)
             for seq in admission.rejected:
+                refused_all = False
                 self.stats.rejected += 1
                 self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
             memo.clear()
@@ -398,12 +426,18 @@ class LocalScheduler(SchedulerState):
                 if budget <= 0:
                     break
                 waiting = seq.status is Status.WAITING
-                if not waiting and seq.request_id not in self.prefilling:
-                    continue  # preempted or finished meanwhile
+                if not waiting:
+                    refused_all = False
+                    if seq.request_id not in self.prefilling:
+                        continue  # preempted or finished meanwhile
                 if seq.request_id in scheduled:
                     continue
                 chunk = min(seq.pending, budget)
-                started = self._start_chunk(seq, chunk, plan, lane, ctx.now)
+                if waiting:
+                    if not self._can_start(seq, chunk):
+                        continue  # refused: nothing changed
+                    refused_all = False
+                started = self._start_chunk(seq, chunk, plan, lane, ctx.now, checked=True)
                 if started or not waiting:  # pages taken, or granted/preempted: counts stale
                     memo.clear()
                 if started:
@@ -413,16 +447,24 @@ class LocalScheduler(SchedulerState):
                     _add(build.prefill, seq, _chunk(seq, chunk), chunk == seq.pending)
                     scheduled.add(seq.request_id)
                     budget -= chunk
+            self._refused_all = refused_all
         finally:
             self._admit_memo = None
 
     def _start_chunk(
-        self, seq: Sequence, chunk: int, plan: StepPlan, lane: Lane, now: float
+        self,
+        seq: Sequence,
+        chunk: int,
+        plan: StepPlan,
+        lane: Lane,
+        now: float,
+        checked: bool = False,
     ) -> bool:
         """Get the pages for a prefill chunk; a waiting sequence starts only if its model is
-        under `max_running` and keeps `admit_headroom_pages` free, and never preempts."""
+        under `max_running` and keeps `admit_headroom_pages` free (`checked`: the caller
+        found so with `_can_start` just now), and never preempts."""
         if seq.status is Status.WAITING:
-            if not self._can_start(seq, chunk):
+            if not checked and not self._can_start(seq, chunk):
                 return False
             need = self.pages.pages_needed(seq, seq.num_computed + chunk)
             got = self.pages.try_allocate(seq, need)

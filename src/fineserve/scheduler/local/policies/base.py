@@ -53,6 +53,10 @@ class Policy(ABC):
     """A local scheduling policy (see the module docstring)."""
 
     name: ClassVar[str] = "abstract"
+    #: `admit` neither rejects nor changes a sequence, and its order does not depend on the
+    #: time (only on the candidates): a step whose prefills were all refused admission is
+    #: planned alike at a later time while nothing else changes
+    static_admission: ClassVar[bool] = False
 
     @abstractmethod
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission: ...

@@ -10,6 +10,7 @@ from fineserve.scheduler.local.sequence import Sequence
 
 class FCFSPolicy(Policy):
     name = "fcfs"
+    static_admission = True
 
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
         return Admission(order=sorted(waiting, key=lambda s: s.arrival_s))

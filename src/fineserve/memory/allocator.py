@@ -8,7 +8,7 @@ arena as its own uniformly strided page array (see `formats.py`), whatever the s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fineserve.memory.errors import InvalidFormatError, UnknownModelError
@@ -89,6 +89,12 @@ class KVAllocator(ABC):
             return self._specs[model]
         except KeyError:
             raise UnknownModelError(f"unknown model {model!r}") from None
+
+    def grants_in_pieces(self, needs: Mapping[str, int]) -> bool:
+        """True only if, from the current state, allocating `needs[m]` pages to each model
+        `m` in pieces, in any order and interleaving, always succeeds (False: unknown; the
+        default). Queries only: the allocator is unchanged."""
+        return False
 
     def page_format(self, model: str) -> KVFormat:
         """The page format this scheme gives `model` (its tokens per page may differ)."""

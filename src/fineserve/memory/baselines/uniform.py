@@ -8,7 +8,7 @@ Block `b` is at arena byte `b * block_bytes` for every model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from fineserve.memory.allocator import ArenaUsage, KVAllocator, ModelKV, ModelUsage
 from fineserve.memory.errors import InvalidFormatError, OutOfPagesError
@@ -62,6 +62,22 @@ class UniformAllocator(KVAllocator):
         if pages is not None:
             owed -= max(0, self._reserve[model] - len(pages))
         return max(0, len(self._free) - owed)
+
+    def grants_in_pieces(self, needs: Mapping[str, int]) -> bool:
+        """Whether the free blocks left after all of `needs` still cover every model's unmet
+        reserve then. That suffices: an allocation of a to m succeeds iff the blocks free
+        after it cover the other models' debt D_-m. At any point of any interleaving, the
+        free blocks after the piece are the final free F plus the rest R still to allocate
+        (R_-m of it to other models), and D_-m then is at most their final debt plus R_-m
+        (a block lowers a debt by at most one): F >= D_final >= D_-m,final gives it."""
+        if any(n < 0 for n in needs.values()) or not set(needs) <= set(self._owned):
+            return False
+        left = len(self._free) - sum(needs.values())
+        debt = sum(
+            max(0, self._reserve[m] - len(pages) - needs.get(m, 0))
+            for m, pages in self._owned.items()
+        )
+        return left >= debt
 
     def _owed(self, model: str) -> int:
         return max(0, self._reserve[model] - len(self._owned[model]))

@@ -171,7 +171,7 @@ class LocalScheduler(SchedulerState):
                 k = min(k, min(room))
         while k > 1 and not self._limits_hold(plan, ctx, k):
             k //= 2
-        if k > 1 and not self._reserve_horizon(plan, k):
+        if k > 1 and not self._reserve_horizon(plan, k, lane):
             return 1
         return k
 
@@ -204,8 +204,13 @@ class LocalScheduler(SchedulerState):
                 return False
         return True
 
-    def _reserve_horizon(self, plan: StepPlan, k: int) -> bool:
-        """Give every decode of `plan` the pages for k iterations, if memory is ample."""
+    def _reserve_horizon(self, plan: StepPlan, k: int, lane: Lane | None = None) -> bool:
+        """Give every decode of `plan` the pages for k iterations, if memory is ample
+        (`horizon_free_fraction`), or if the allocator guarantees the grants of the k single
+        steps in any order (`grants_in_pieces`) when nothing else can allocate or free in it
+        meanwhile: its available pages never grow on allocation (`monotone_available`) and
+        `lane` has all its models, with no request admitted during the plan (none waits, or
+        `_blocked`), so single steps would make exactly these grants, all granted."""
         alloc = self.pages.allocator
         needs: dict[str, list[int]] = {}
         for batch in plan.batches:
@@ -217,10 +222,16 @@ class LocalScheduler(SchedulerState):
         if not any(map(any, needs.values())):
             return True  # the decodes hold every page already: nothing is taken early
         frac = self.config.horizon_free_fraction
-        for m in alloc.model_names:
-            free = alloc.available_pages(m)
-            if free - sum(needs.get(m, ())) < frac * (free + alloc.used_pages(m)):
-                return False
+        if not (
+            lane is not None
+            and alloc.monotone_available
+            and lane.models.issuperset(alloc.model_names)
+            and alloc.grants_in_pieces({m: sum(n) for m, n in needs.items()})
+        ):
+            for m in alloc.model_names:
+                free = alloc.available_pages(m)
+                if free - sum(needs.get(m, ())) < frac * (free + alloc.used_pages(m)):
+                    return False
         for batch in plan.batches:
             need = needs[batch.model]
             total = sum(need)

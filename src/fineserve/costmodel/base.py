@@ -96,6 +96,17 @@ class CostModelHelpers:
     def decode_time(self, key: InstanceKey, batch: int, ctx: int) -> float:
         return self.step_time(key, BatchShape(decode_context=(ctx,) * batch))
 
+    def decode_step_times(
+        self, key: InstanceKey, contexts: tuple[int, ...] | list[int], k: int
+    ) -> list[float]:
+        """Solo times of ``k`` consecutive decode iterations of the batch whose contexts are
+        ``contexts`` (iteration j: every context + j): ``step_time`` per iteration.
+        Implementations may override with a closed form giving the same floats."""
+        return [
+            self.step_time(key, BatchShape(decode_context=tuple(p + j for p in contexts)))
+            for j in range(k)
+        ]
+
 
 @dataclass(frozen=True)
 class InterferenceModel:

@@ -54,6 +54,10 @@ class TableCostModel(CostModelHelpers):
         self.interference = interference or InterferenceModel()
         self.source = source
         self._mixed = {k: max(0.0, float(v)) for k, v in (mixed_extra or {}).items()}
+        # memo of `_lookup` per asked key (the coefficients never change after construction)
+        self._found: dict[InstanceKey, StepCoeffs | None] = {}
+        # per key: (coefficients, decode base max(0, d) + the empty prefill's variable cost)
+        self._decode_base: dict[InstanceKey, tuple[StepCoeffs, float]] = {}
 
     @classmethod
     def from_csv(cls, path: Path) -> TableCostModel:
@@ -93,6 +97,15 @@ class TableCostModel(CostModelHelpers):
         return found
 
     def _lookup(self, key: InstanceKey) -> StepCoeffs | None:
+        """`_search(key)`, memoized per key."""
+        try:
+            return self._found[key]
+        except KeyError:
+            found = self._found[key] = self._search(key)
+            return found
+
+    def _search(self, key: InstanceKey) -> StepCoeffs | None:
+        """The coefficients of ``key``, trying model aliases and qformat fallbacks in order."""
         models = (key.model, *MODEL_ALIASES.get(key.model, ()))
         qformats = (
             key.qformat,
@@ -109,6 +122,14 @@ class TableCostModel(CostModelHelpers):
         return self._lookup(key) is not None
 
     def step_time(self, key: InstanceKey, batch: BatchShape) -> float:
+        if not batch.prefill:
+            # decode only: the general formula below with no prefill chunk (same floats)
+            ctx = batch.decode_context
+            if not ctx:
+                return 0.0
+            c, base = self._decode_consts(key)
+            _, e, f = c.decode
+            return base + e * len(ctx) + f * sum(ctx)
         if batch.is_empty:
             return 0.0
         c = self.coeffs(key)
@@ -120,12 +141,39 @@ class TableCostModel(CostModelHelpers):
         t = fixed + _prefill_variable(c, batch)
         return t + e * batch.num_decode + f * batch.decode_context_sum
 
+    def _decode_consts(self, key: InstanceKey) -> tuple[StepCoeffs, float]:
+        """(coefficients, ``max(0.0, d) + _prefill_variable`` of no prefill) for ``key``: the
+        part of a decode-only step's time that does not depend on the batch."""
+        got = self._decode_base.get(key)
+        if got is None:
+            c = self.coeffs(key)
+            got = self._decode_base[key] = (c, max(0.0, c.decode[0]) + _prefill_variable(c, _NONE))
+        return got
+
+    def decode_step_times(
+        self, key: InstanceKey, contexts: tuple[int, ...] | list[int], k: int
+    ) -> list[float]:
+        """``step_time`` of ``k`` consecutive decode iterations (iteration j: every context +
+        j) in one pass: the context sum of iteration j is ``sum(contexts) + n*j`` (exact
+        integers), then the same float operations as ``step_time``."""
+        n = len(contexts)
+        if not n:
+            return [0.0] * k
+        c, base = self._decode_consts(key)
+        _, e, f = c.decode
+        t = base + e * n
+        s = sum(contexts)
+        return [t + f * (s + n * j) for j in range(k)]
+
     def prefill_fraction(self, key: InstanceKey, batch: BatchShape) -> float:
         """Share of the step's variable cost due to prefill (for interference)."""
         c = self.coeffs(key)
         p = _prefill_variable(c, batch)
         dd = c.decode[1] * batch.num_decode + c.decode[2] * batch.decode_context_sum
         return p / (p + dd) if p + dd > 0 else 0.0
+
+
+_NONE = BatchShape()  # the empty batch: its prefill variable cost is a decode step's
 
 
 def mixed_shape(row: ProfileRow) -> BatchShape:

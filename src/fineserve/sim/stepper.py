@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
+from functools import partial
 
-from fineserve.costmodel.base import BatchShape, CostModel
+from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
+from fineserve.costmodel.registry import FallbackCostModel
 from fineserve.engine.step import StepPlan, StepResult
 
 
@@ -25,6 +28,24 @@ class BatchCoster:
         self.cost_model = cost_model
         self.vocab_size = vocab_size
         self._crc: dict[str, int] = {}
+        self._decoders: dict[InstanceKey, DecodeTimes] = {}
+
+    def decode_times(self, key: InstanceKey) -> DecodeTimes:
+        """The function giving `k` consecutive decode iterations' solo times of a batch of
+        `key` (contexts + j at iteration j): the cost model's `decode_step_times` (through a
+        `FallbackCostModel` to the model it answers `key` with), else `step_time` per
+        iteration. Same floats as `cost_model.step_time` on each iteration's shape."""
+        fn = self._decoders.get(key)
+        if fn is None:
+            model: object = self.cost_model
+            while isinstance(model, FallbackCostModel):
+                model = model.primary if model.primary.supports(key) else model.fallback
+            method = getattr(model, "decode_step_times", None)
+            if method is not None:
+                fn = self._decoders[key] = partial(method, key)
+            else:
+                fn = self._decoders[key] = partial(_plain_decode_times, self.cost_model, key)
+        return fn
 
     def token(self, request_id: str, position: int) -> int:
         """`token_stream(request_id, position)`, with the request id's CRC cached."""
@@ -89,12 +110,14 @@ class BatchCoster:
         [(work_s, prefill_fraction 0)] of each batch). Only the iterations that start within
         `limit_s` of solo time run (`result.num_steps`; at least one): the later ones could
         not start before it (no batch runs faster than alone)."""
-        k, cost = plan.num_steps, self.cost_model
+        k = plan.num_steps
+        # every batch's k iteration times in one pass each (a shorter run uses a prefix)
+        per_batch = [self.decode_times(b.key)(b.positions, k) for b in plan.batches]
         iterations: list[list[tuple[float, float]]] = []
         start = 0.0
         while len(iterations) < k and (not iterations or start < limit_s):
             j = len(iterations)
-            works = [(cost.step_time(b.key, _shifted(b.positions, j)), 0.0) for b in plan.batches]
+            works = [(times[j], 0.0) for times in per_batch]
             iterations.append(works)
             start += max(w for w, _ in works)
         k = len(iterations)
@@ -110,6 +133,16 @@ class BatchCoster:
                 lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
         longest = sum(max(w for w, _ in it) for it in iterations)
         return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
+
+
+DecodeTimes = Callable[[list[int], int], list[float]]
+
+
+def _plain_decode_times(
+    cost: CostModel, key: InstanceKey, positions: list[int], k: int
+) -> list[float]:
+    """`cost.step_time` of each of the k iterations (the plain path)."""
+    return [cost.step_time(key, _shifted(positions, j)) for j in range(k)]
 
 
 def _shifted(positions: list[int], j: int) -> BatchShape:

@@ -1,0 +1,125 @@
+"""The cost model's exact shortcuts (memoized coefficient lookup, decode-only fast path,
+a horizon's K decode iteration times in one pass) give the floats of the plain formula, and
+the simulator's records and steps equal those of the plain per-iteration `step_time` path."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tests.sim.test_sim_horizon import facts, scripted, simulate
+
+from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey
+from fineserve.costmodel.fit import StepCoeffs
+from fineserve.costmodel.registry import make_cost_model
+from fineserve.costmodel.table import TableCostModel, _prefill_variable
+from fineserve.engine.step import ModelBatch, StepPlan
+from fineserve.sim import stepper
+from fineserve.sim.catalog import GpuSpec
+from fineserve.sim.stepper import BatchCoster
+
+
+def plain_step_time(model: TableCostModel, key: InstanceKey, batch: BatchShape) -> float:
+    """The formula of `TableCostModel.step_time` as written before the shortcuts."""
+    if batch.is_empty:
+        return 0.0
+    c = model._search(key)
+    assert c is not None
+    d, e, f = c.decode
+    has_p, has_d = batch.prefill_tokens > 0, batch.num_decode > 0
+    fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
+    if has_p and has_d and model._mixed:
+        fixed += model.mixed_extra(key)
+    t = fixed + _prefill_variable(c, batch)
+    return t + e * batch.num_decode + f * batch.decode_context_sum
+
+
+def random_table(rng: random.Random) -> tuple[TableCostModel, list[InstanceKey]]:
+    keys = [InstanceKey(f"m{i}", "fp16", 1) for i in range(3)]
+    coeffs = {
+        k: StepCoeffs(
+            prefill=(rng.random() * 1e-2, rng.random() * 1e-5, rng.random() * 1e-9, 0.0, 0.0),
+            decode=(rng.random() * 1e-2, rng.random() * 1e-4, rng.random() * 1e-7),
+        )
+        for k in keys
+    }
+    mixed = {keys[0]: rng.random() * 1e-3}
+    return TableCostModel(coeffs, mixed_extra=mixed), keys
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_step_time_and_decode_step_times_equal_the_plain_formula(seed: int) -> None:
+    """Bit-identical floats on random decode, prefill and mixed batches, and per iteration
+    of `decode_step_times` (the default helper's answer included)."""
+    rng = random.Random(seed)
+    table, keys = random_table(rng)
+    for _ in range(300):
+        key = rng.choice(keys)
+        ctx = tuple(rng.randint(1, 5000) for _ in range(rng.randint(0, 40)))
+        pre = tuple((rng.randint(0, 500), rng.randint(0, 500)) for _ in range(rng.randint(0, 3)))
+        for shape in (BatchShape(decode_context=ctx), BatchShape(pre, ctx), BatchShape(pre)):
+            assert table.step_time(key, shape) == plain_step_time(table, key, shape)
+        k = rng.randint(1, 64)
+        want = [
+            plain_step_time(table, key, BatchShape(decode_context=tuple(p + j for p in ctx)))
+            for j in range(k)
+        ]
+        assert table.decode_step_times(key, ctx, k) == want
+        assert CostModelHelpers.decode_step_times(table, key, ctx, k) == want
+    with pytest.raises(KeyError):
+        table.decode_step_times(InstanceKey("none", "fp16", 1), (3,), 2)
+    assert table.step_time(InstanceKey("none", "fp16", 1), BatchShape()) == 0.0
+
+
+def test_run_iterations_equals_the_plain_path_through_the_fallback_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`BatchCoster` on the registry's h100 model (table with a roofline fallback) gives the
+    iteration works of per-iteration `step_time`, for every limit."""
+    cost = make_cost_model("h100")
+    rng = random.Random(7)
+    key = InstanceKey("llama-3.1-8b", "fp16", 1)
+    assert cost.supports(key)
+    for _ in range(20):
+        n = rng.randint(1, 30)
+        batch = ModelBatch(
+            "m",
+            key,
+            request_ids=[f"r{i}" for i in range(n)],
+            token_ids=[[1] for _ in range(n)],
+            positions=[rng.randint(1, 3000) for _ in range(n)],
+            samples=[True] * n,
+        )
+        plan = StepPlan(1, 0.0, [batch], num_steps=rng.randint(1, 64))
+        limit = rng.choice([float("inf"), rng.random() * 0.2])
+        fast = BatchCoster(cost).run_iterations(plan, limit)
+        with monkeypatch.context() as m:
+            m.setattr(BatchCoster, "decode_times", _plain_decoder)
+            plain = BatchCoster(cost).run_iterations(plan, limit)
+        assert fast[1] == plain[1]
+        assert fast[0].num_steps == plain[0].num_steps
+        assert fast[0].token_lists == plain[0].token_lists
+        assert fast[0].duration_s == plain[0].duration_s
+
+
+def _plain_decoder(self: BatchCoster, key: InstanceKey) -> stepper.DecodeTimes:
+    """The plain path: `step_time` of each shifted batch."""
+
+    def times(positions: list[int], k: int) -> list[float]:
+        return stepper._plain_decode_times(self.cost_model, key, positions, k)
+
+    return times
+
+
+@pytest.mark.parametrize("scheme", ["fineserve", "fineserve_plus", "static", "muxserve", "prism"])
+def test_sim_records_equal_the_plain_cost_path(
+    scheme: str, table: TableCostModel, gpu: GpuSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole runs with horizons: every record and the step count as with per-iteration
+    `step_time` calls."""
+    reqs = scripted(150, 11, 120.0)
+    fast, fast_sim = simulate(scheme, reqs, table, gpu, 64)
+    monkeypatch.setattr(BatchCoster, "decode_times", _plain_decoder)
+    plain, plain_sim = simulate(scheme, reqs, table, gpu, 64)
+    assert fast_sim.stats.steps == plain_sim.stats.steps
+    assert {r: facts(v) for r, v in fast.items()} == {r: facts(v) for r, v in plain.items()}

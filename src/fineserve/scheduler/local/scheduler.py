@@ -69,6 +69,9 @@ class LocalScheduler(SchedulerState):
         # the last prefill pass had candidates and refused every one at `_can_start` (all
         # waiting, a policy with static admission, no rejection): see `_blocked`
         self._refused_all = False
+        # `_admission_state` when the last prefill pass checked every candidate (all waiting)
+        # and `_can_start` refused each one, with a policy of static admission; else None
+        self._refused_state: tuple[object, ...] | None = None
 
     # -- planning ----------------------------------------------------------------------------
     def schedule(
@@ -418,11 +421,21 @@ class LocalScheduler(SchedulerState):
         scheduled = lane.scheduled
         candidates = self._lane_candidates(lane)
         if not candidates:
+            self._refused_state = None
             return
+        refused_state = self._refused_state
+        if refused_state is not None:
+            self._refused_state = None
+            state = self._admission_state(lane, budget)
+            if state == refused_state:  # the same pass again: every candidate refused
+                self._refused_state = state
+                self._refused_all = True
+                return
         memo: dict[str, list[int | None]] = {}
         if self.shortcuts:
             self._admit_memo = memo  # admission checks share counts while nothing changes
         refused_all = self.policy.static_admission
+        admission_budget = budget
         max_running = self.config.max_running
         headroom = self.config.admit_headroom_pages
         pages_needed = self.pages.pages_needed
@@ -436,8 +449,10 @@ class LocalScheduler(SchedulerState):
             if admission.token_budget is not None:
                 budget = min(budget, admission.token_budget)
             order = self._memory_order(admission.order, budget, ctx.now)
+            complete = True  # every candidate of `order` checked (no budget break)
             for seq in order:
                 if budget <= 0:
+                    complete = False
                     break
                 waiting = seq.status is Status.WAITING
                 if not waiting:
@@ -471,8 +486,34 @@ class LocalScheduler(SchedulerState):
                     scheduled.add(seq.request_id)
                     budget -= chunk
             self._refused_all = refused_all
+            if (
+                self.shortcuts
+                and refused_all
+                and complete
+                and not admission.rejected
+                and len(order) == len(candidates)
+            ):
+                self._refused_state = self._admission_state(lane, admission_budget)
         finally:
             self._admit_memo = None
+
+    def _admission_state(self, lane: Lane, budget: int) -> tuple[object, ...]:
+        """What a prefill pass of a policy with static admission decides on, when every
+        candidate is waiting: the lane's models, the token budget left by the decodes, the
+        waiting queue (`waiting_version`: the same sequences, which do not change while they
+        wait) and per lane model its running count and available pages (what `_can_start`
+        reads). A pass that refused every candidate refuses them all again in this state
+        (nothing in it depends on the time: FCFS order, the memory order only reorders), so
+        `_schedule_prefills` skips it (`shortcuts`)."""
+        models = lane.models
+        return (
+            models,
+            budget,
+            self.waiting_version,
+            tuple(
+                (self.num_running(m), self.pages.available(m)) for m in self.models if m in models
+            ),
+        )
 
     def _start_chunk(
         self,
@@ -497,6 +538,7 @@ class LocalScheduler(SchedulerState):
                 return False
             plan.new_pages.setdefault(seq.model, []).extend(got)
             del self.waiting[seq.request_id]
+            self.waiting_version += 1
             self.prefilling[seq.request_id] = seq
             seq.status = Status.RUNNING
             return True
@@ -624,6 +666,7 @@ class LocalScheduler(SchedulerState):
         seq.status = Status.WAITING
         seq.num_preemptions += 1
         self.waiting[seq.request_id] = seq
+        self.waiting_version += 1
         self.stats.preemptions += 1
         by_model = self.stats.preemptions_by_model
         by_model[seq.model] = by_model.get(seq.model, 0) + 1

@@ -179,6 +179,8 @@ class SchedulerState:
         self.pages = PageBroker(allocator, self.models, self.config.max_preemptions_per_grant)
         self.seqs: dict[str, Sequence] = {}
         self.waiting: dict[str, Sequence] = {}
+        # bumped on every change of `waiting` (a request queued, started, preempted, ended)
+        self.waiting_version = 0
         self.prefilling: dict[str, Sequence] = {}
         self.decoding: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
         self._cols: dict[str, DecodeCols] = {m: DecodeCols() for m in self.models}
@@ -234,6 +236,7 @@ class SchedulerState:
         )
         self.seqs[request_id] = seq
         self.waiting[request_id] = seq
+        self.waiting_version += 1
         self._unfinished[model] += 1
         return seq
 
@@ -452,6 +455,7 @@ class SchedulerState:
         self.pages.release(seq)
         rid = seq.request_id
         self.waiting.pop(rid, None)
+        self.waiting_version += 1
         self.prefilling.pop(rid, None)
         if self.decoding[seq.model].pop(rid, None) is not None:
             self._cols[seq.model].dirty = True

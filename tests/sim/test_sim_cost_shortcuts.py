@@ -12,7 +12,7 @@ from tests.sim.test_sim_horizon import facts, scripted, simulate
 from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey
 from fineserve.costmodel.fit import StepCoeffs
 from fineserve.costmodel.registry import make_cost_model
-from fineserve.costmodel.table import TableCostModel, _prefill_variable
+from fineserve.costmodel.table import TableCostModel
 from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.sim import stepper
 from fineserve.sim.catalog import GpuSpec
@@ -30,7 +30,10 @@ def plain_step_time(model: TableCostModel, key: InstanceKey, batch: BatchShape) 
     fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
     if has_p and has_d and model._mixed:
         fixed += model.mixed_extra(key)
-    t = fixed + _prefill_variable(c, batch)
+    _, b, cp, g, knee = c.prefill
+    tokens = batch.prefill_tokens
+    hinge = max(0.0, tokens - knee) if knee > 0 else 0.0
+    t = fixed + (b * tokens + cp * batch.attention_pairs + g * hinge)
     return t + e * batch.num_decode + f * batch.decode_context_sum
 
 
@@ -38,7 +41,13 @@ def random_table(rng: random.Random) -> tuple[TableCostModel, list[InstanceKey]]
     keys = [InstanceKey(f"m{i}", "fp16", 1) for i in range(3)]
     coeffs = {
         k: StepCoeffs(
-            prefill=(rng.random() * 1e-2, rng.random() * 1e-5, rng.random() * 1e-9, 0.0, 0.0),
+            prefill=(
+                rng.random() * 1e-2,
+                rng.random() * 1e-5,
+                rng.random() * 1e-9,
+                rng.random() * 1e-6,
+                float(rng.choice([0, 0, 200, 512])),
+            ),
             decode=(rng.random() * 1e-2, rng.random() * 1e-4, rng.random() * 1e-7),
         )
         for k in keys

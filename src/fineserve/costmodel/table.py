@@ -130,16 +130,18 @@ class TableCostModel(CostModelHelpers):
             c, base = self._decode_consts(key)
             _, e, f = c.decode
             return base + e * len(ctx) + f * sum(ctx)
-        if batch.is_empty:
+        tokens = batch.prefill_tokens
+        ctx = batch.decode_context
+        if tokens == 0 and not ctx:
             return 0.0
         c = self.coeffs(key)
         d, e, f = c.decode
-        has_p, has_d = batch.prefill_tokens > 0, batch.num_decode > 0
+        has_p, has_d = tokens > 0, len(ctx) > 0
         fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
         if has_p and has_d and self._mixed:
             fixed += self.mixed_extra(key)
-        t = fixed + _prefill_variable(c, batch)
-        return t + e * batch.num_decode + f * batch.decode_context_sum
+        t = fixed + _prefill_cost(c, tokens, batch.attention_pairs)
+        return t + e * len(ctx) + f * sum(ctx)
 
     def _decode_consts(self, key: InstanceKey) -> tuple[StepCoeffs, float]:
         """(coefficients, ``max(0.0, d) + _prefill_variable`` of no prefill) for ``key``: the
@@ -203,10 +205,14 @@ def fit_mixed_extra(
 
 def _prefill_variable(c: StepCoeffs, batch: BatchShape) -> float:
     """Prefill cost beyond the fixed term: b*T + c*pairs + g*max(0, T - knee)."""
+    return _prefill_cost(c, batch.prefill_tokens, batch.attention_pairs)
+
+
+def _prefill_cost(c: StepCoeffs, tokens: int, pairs: float) -> float:
+    """`_prefill_variable` of a batch with ``tokens`` prefill tokens and ``pairs`` pairs."""
     _, b, cp, g, knee = c.prefill
-    tokens = batch.prefill_tokens
     hinge = max(0.0, tokens - knee) if knee > 0 else 0.0
-    return b * tokens + cp * batch.attention_pairs + g * hinge
+    return b * tokens + cp * pairs + g * hinge
 
 
 def _coeffs_from_json(e: Mapping[str, Any]) -> StepCoeffs:

@@ -263,10 +263,13 @@ class LocalScheduler(SchedulerState):
         if not self.waiting and not self.prefilling:  # all at inf: served-model order
             return [m for m in self.models if m in lane.models]
         urgent = {m: float("inf") for m in self.models if m in lane.models}
+        get = urgent.get
         for seq in self._prefill_candidates():
-            if seq.model in urgent:
-                urgent[seq.model] = min(urgent[seq.model], seq.deadline_s)
-        return sorted(urgent, key=lambda m: urgent[m])
+            u = get(seq.model)
+            # `min(u, deadline)`: the deadline only when strictly smaller
+            if u is not None and seq.deadline_s < u:
+                urgent[seq.model] = seq.deadline_s
+        return sorted(urgent, key=urgent.__getitem__)
 
     def _prefill_candidates(self) -> Iterator[Sequence]:
         yield from self.waiting.values()

@@ -5,11 +5,12 @@ the simulator's records and steps equal those of the plain per-iteration `step_t
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 from tests.sim.test_sim_horizon import facts, scripted, simulate
 
-from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey
+from fineserve.costmodel.base import BatchShape, CostModel, CostModelHelpers, InstanceKey
 from fineserve.costmodel.fit import StepCoeffs
 from fineserve.costmodel.registry import make_cost_model
 from fineserve.costmodel.table import TableCostModel
@@ -87,28 +88,64 @@ def test_run_iterations_equals_the_plain_path_through_the_fallback_model(
     iteration works of per-iteration `step_time`, for every limit."""
     cost = make_cost_model("h100")
     rng = random.Random(7)
-    key = InstanceKey("llama-3.1-8b", "fp16", 1)
-    assert cost.supports(key)
-    for _ in range(20):
-        n = rng.randint(1, 30)
-        batch = ModelBatch(
-            "m",
-            key,
-            request_ids=[f"r{i}" for i in range(n)],
-            token_ids=[[1] for _ in range(n)],
-            positions=[rng.randint(1, 3000) for _ in range(n)],
-            samples=[True] * n,
-        )
-        plan = StepPlan(1, 0.0, [batch], num_steps=rng.randint(1, 64))
+    keys = [InstanceKey("llama-3.1-8b", "fp16", 1), InstanceKey("qwen-3-32b", "fp16", 2)]
+    assert cost.supports(keys[0])
+    for trial in range(40):
+        batches = []
+        for b, key in enumerate(keys[: 1 + trial % 2]):  # one batch, then two
+            n = rng.randint(1, 30)
+            batches.append(
+                ModelBatch(
+                    f"m{b}",
+                    key,
+                    request_ids=[f"m{b}r{i}" for i in range(n)],
+                    token_ids=[[1] for _ in range(n)],
+                    positions=[rng.randint(1, 3000) for _ in range(n)],
+                    samples=[True] * n,
+                )
+            )
+        plan = StepPlan(1, 0.0, batches, num_steps=rng.randint(1, 64))
         limit = rng.choice([float("inf"), rng.random() * 0.2])
         fast = BatchCoster(cost).run_iterations(plan, limit)
         with monkeypatch.context() as m:
             m.setattr(BatchCoster, "decode_times", _plain_decoder)
             plain = BatchCoster(cost).run_iterations(plan, limit)
         assert fast[1] == plain[1]
+        want_iters, want_lists, want_longest = reference_iterations(cost, plan, limit)
+        assert fast[1] == want_iters
+        assert fast[0].token_lists == want_lists
+        assert fast[0].duration_s == want_longest
         assert fast[0].num_steps == plain[0].num_steps
         assert fast[0].token_lists == plain[0].token_lists
         assert fast[0].duration_s == plain[0].duration_s
+
+
+def reference_iterations(
+    cost: CostModel, plan: StepPlan, limit_s: float, vocab: int = 32000
+) -> tuple[list[list[tuple[float, float]]], dict[str, list[int]], float]:
+    """`BatchCoster.run_iterations` as written before the shortcuts: (iterations, token
+    lists, longest)."""
+    k = plan.num_steps
+    iterations: list[list[tuple[float, float]]] = []
+    start = 0.0
+    while len(iterations) < k and (not iterations or start < limit_s):
+        j = len(iterations)
+        shapes = [
+            BatchShape(decode_context=tuple(p + j for p in b.positions)) for b in plan.batches
+        ]
+        works = [
+            (cost.step_time(b.key, sh), 0.0) for b, sh in zip(plan.batches, shapes, strict=True)
+        ]
+        iterations.append(works)
+        start += max(w for w, _ in works)
+    k = len(iterations)
+    lists: dict[str, list[int]] = {}
+    for batch in plan.batches:
+        for rid, p in zip(batch.request_ids, batch.positions, strict=True):
+            crc = zlib.crc32(rid.encode())
+            lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
+    longest = sum(max(w for w, _ in it) for it in iterations)
+    return iterations, lists, longest
 
 
 def _plain_decoder(self: BatchCoster, key: InstanceKey) -> stepper.DecodeTimes:

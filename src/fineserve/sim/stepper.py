@@ -113,16 +113,21 @@ class BatchCoster:
         k = plan.num_steps
         # every batch's k iteration times in one pass each (a shorter run uses a prefix)
         per_batch = [self.decode_times(b.key)(b.positions, k) for b in plan.batches]
-        iterations: list[list[tuple[float, float]]] = []
+        # each iteration's longest batch (one batch: its own time), while iterations start
+        # within `limit_s`
+        longests = per_batch[0] if len(per_batch) == 1 else list(map(max, *per_batch))
         start = 0.0
-        while len(iterations) < k and (not iterations or start < limit_s):
-            j = len(iterations)
-            works = [(times[j], 0.0) for times in per_batch]
-            iterations.append(works)
-            start += max(w for w, _ in works)
-        k = len(iterations)
+        n = 0
+        for w in longests:
+            if n and not start < limit_s:
+                break
+            n += 1
+            start += w
+        k = n
+        iterations = [[(times[j], 0.0) for times in per_batch] for j in range(k)]
         lists: dict[str, list[int]] = {}
         token, vocab, crcs = self.token, self.vocab_size, self._crc
+        step = 7919 * k
         for batch in plan.batches:
             positions = batch.positions
             for rid, p in zip(batch.request_ids, positions, strict=True):
@@ -130,8 +135,10 @@ class BatchCoster:
                 if crc is None:
                     token(rid, p)
                     crc = crcs[rid]
-                lists[rid] = [(crc + 7919 * (p + 2 + j)) % vocab for j in range(k)]
-        longest = sum(max(w for w, _ in it) for it in iterations)
+                # (crc + 7919 * (p + 2 + j)) % vocab for j < k
+                first = crc + 7919 * (p + 2)
+                lists[rid] = list(map(vocab.__rmod__, range(first, first + step, 7919)))
+        longest = sum(longests[:k])
         return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
 
 

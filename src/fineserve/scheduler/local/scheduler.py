@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter, mod, sub
 from typing import ClassVar
 
@@ -272,8 +272,9 @@ class LocalScheduler(SchedulerState):
         return sorted(urgent, key=urgent.__getitem__)
 
     def _prefill_candidates(self) -> Iterator[Sequence]:
-        yield from self.waiting.values()
-        yield from self.prefilling.values()
+        """Waiting, then prefilling sequences, in queue order (one chain: no generator frame
+        per sequence on the hot path)."""
+        return chain(self.waiting.values(), self.prefilling.values())
 
     def _lane_candidates(self, lane: Lane) -> list[Sequence]:
         """Waiting and prefilling sequences of the lane's models, in queue order."""
@@ -340,12 +341,21 @@ class LocalScheduler(SchedulerState):
             tables = cols.page_tables  # a tracked decode has `position` tokens computed
             full = [seqs[i] for i in edge if pos[i] >= len(tables[i]) * t]
             if full and not self._grant_one_each(full, plan, lane, now):
-                running = RUNNING
-                idx = [
-                    i
-                    for i in (range(n) if idx is None else idx)
-                    if seqs[i].status is running and seqs[i].num_computed < len(seqs[i].pages) * t
-                ]
+                if self.shortcuts and not cols.dirty:
+                    # none of the model's decodes was preempted (that sets `dirty`): all
+                    # still run with their pages, and a decode off a page boundary has room
+                    # (its pages hold `position` tokens, a multiple of t above it), so only
+                    # the boundary ones still without a page drop out (the check below)
+                    stuck = {i for i in edge if pos[i] >= len(tables[i]) * t}
+                    idx = [i for i in (range(n) if idx is None else idx) if i not in stuck]
+                else:
+                    running = RUNNING
+                    idx = [
+                        i
+                        for i in (range(n) if idx is None else idx)
+                        if seqs[i].status is running
+                        and seqs[i].num_computed < len(seqs[i].pages) * t
+                    ]
         lane.decode_idx[model] = idx
         if idx is None:  # every decode, in column order (see `DecodeCols` on sharing)
             lane.decode_seqs[model] = seqs

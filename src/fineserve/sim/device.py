@@ -100,8 +100,13 @@ class GpuGroup:
             per_set: dict[frozenset[int], int] = {}
             for a in active:
                 per_set[a.gpus] = per_set.get(a.gpus, 0) + 1
-            for gs in per_set:
-                overlap[gs] = sum(k for hs, k in per_set.items() if not gs.isdisjoint(hs))
+            sets = list(per_set.items())
+            for gs, _ in sets:
+                c = 0  # integer counts: the same sum in any order (a loop: no generator)
+                for hs, k in sets:
+                    if not gs.isdisjoint(hs):
+                        c += k
+                overlap[gs] = c
         for a in active:
             if overlap:
                 n = overlap[a.gpus]

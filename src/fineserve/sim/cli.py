@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give exactly one of --experiment NAME or --validate")
     data_dir = resolve_data_dir(args.data_dir)
     if args.validate:
-        from fineserve.sim.validate import format_validation, run_validation
+        from fineserve.bench.validate import format_validation, run_validation
 
         doc = run_validation(quick=args.quick, seed=args.seed, progress=_progress(False))
         print(json.dumps(doc, indent=1) if args.json else format_validation(doc))

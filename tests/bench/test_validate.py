@@ -1,4 +1,4 @@
-"""`sim.validate` logic that needs no engine run: workload, capacity, comparison, fidelity."""
+"""`bench.validate` logic that needs no engine run: workload, capacity, comparison, fidelity."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fineserve.bench import validate as v
 from fineserve.costmodel.base import BatchShape, InstanceKey
-from fineserve.sim import validate as v
 from fineserve.sim.executor import LinearCostModel
 from fineserve.workload.metrics import RequestRecord
 

@@ -33,8 +33,9 @@ wall clock measures their load too, which changes between the profile and the ru
 clock measures the engine's own work, i.e. what a dedicated core would show. `conditions`
 says how loaded the machine was (load averages, the share of a core the run got).
 
-This module drives a real engine, so it (and only it in `sim/`) reads real clocks, through
-`engine.clock.WallClock` / `bench.profile.ProcessClock`; torch is imported lazily.
+This module drives the real torch engine and reads real clocks (`engine.clock.WallClock` /
+`bench.profile.ProcessClock`), so it lives in `bench/`, not in the torch-free, clock-free
+`sim/`; `sim/cli.py` imports it only for `--validate`, and torch only when a run starts.
 """
 
 from __future__ import annotations

@@ -449,9 +449,6 @@ class LocalScheduler(SchedulerState):
             self._admit_memo = memo  # admission checks share counts while nothing changes
         refused_all = self.policy.static_admission
         admission_budget = budget
-        max_running = self.config.max_running
-        headroom = self.config.admit_headroom_pages
-        pages_needed = self.pages.pages_needed
         try:
             admission = self.policy.admit(candidates, ctx)
             for seq in admission.rejected:
@@ -476,15 +473,6 @@ class LocalScheduler(SchedulerState):
                     continue
                 chunk = min(seq.pending, budget)
                 if waiting:
-                    counts = memo.get(seq.model)
-                    if counts is not None:  # `_can_start` on the memo, inlined (hot path)
-                        if counts[0] >= max_running:  # type: ignore[operator]
-                            continue
-                        free = counts[1]
-                        if free is not None and free < headroom + pages_needed(
-                            seq, seq.num_computed + chunk
-                        ):
-                            continue
                     if not self._can_start(seq, chunk):
                         continue  # refused: nothing changed
                     refused_all = False

@@ -370,6 +370,7 @@ def _shape(summary: dict[str, Any], stats: Any, leaked: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from fineserve.bench.profile import machine_conditions
     from fineserve.costmodel.base import InstanceKey
     from fineserve.costmodel.registry import make_cost_model
 
@@ -430,10 +431,7 @@ def run(args: argparse.Namespace) -> int:
         n: {k: v for k, v in s.items() if k.endswith("slo_s")} for n, s in plan["slos"].items()
     }
     result["conditions"] = {
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **machine_conditions(load_before),
         "wall_s": time.monotonic() - started,
     }
     print(json.dumps(result, indent=1) if args.json else _table(result))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,6 +59,19 @@ class ProcessClock:
         gap = t - self.now()
         if gap > 0:
             self._skipped += gap
+
+
+def machine_conditions(loadavg_before: tuple[float, float, float]) -> dict[str, Any]:
+    """How loaded the machine was around a measurement that began at `loadavg_before`
+    (`os.getloadavg()` then): load averages before and now, CPU count, torch threads."""
+    import torch
+
+    return {
+        "loadavg_before": loadavg_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def make_clock(kind: str) -> Any:

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from fineserve.bench.profile import machine_conditions
 from fineserve.sim.loop import SimRequest
 from fineserve.workload.metrics import RequestRecord, measurement_window, summarize
 
@@ -360,13 +361,7 @@ def run_validation(
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fineserve-validate-") as tmp:
         doc = _validate_in(Path(tmp), cfg, kind, seed, say)
-    doc["conditions"] = {
-        "clock": kind,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "cpus": os.cpu_count(),
-    }
+    doc["conditions"] = {"clock": kind, **machine_conditions(load_before)}
     doc["conditions"].update(doc.pop("_run"))
     return doc
 

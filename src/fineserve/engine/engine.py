@@ -132,6 +132,12 @@ class Engine:
         """Unfinished requests (of `models`, default all) or outputs not yet collected."""
         return self.scheduler.has_work(models)
 
+    def parked(self, models: frozenset[str] | None = None) -> bool:
+        """Whether a step over `models` now would surely plan nothing and change nothing, as
+        the last one did (`LocalScheduler.parked`): a driver may skip it until an arrival or
+        another step of this engine."""
+        return self.scheduler.parked(models)
+
     def has_unfinished(self, models: frozenset[str] | None = None) -> bool:
         return self.scheduler.has_unfinished(models)
 

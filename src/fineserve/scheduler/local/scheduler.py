@@ -72,6 +72,9 @@ class LocalScheduler(SchedulerState):
         # `_admission_state` when the last prefill pass checked every candidate (all waiting)
         # and `_can_start` refused each one, with a policy of static admission; else None
         self._refused_state: tuple[object, ...] | None = None
+        # per lane (its `models` argument), the `state_version` of its last plan when that
+        # plan was empty and changed nothing under a static policy (see `parked`)
+        self._parked: dict[frozenset[str] | None, int] = {}
 
     # -- planning ----------------------------------------------------------------------------
     def schedule(
@@ -136,7 +139,41 @@ class LocalScheduler(SchedulerState):
         self._lanes[lane.step_id] = lane
         for m in lane_models:
             self._busy[m] = lane
+        self._note_parked(plan, models)
         return plan
+
+    def _note_parked(self, plan: StepPlan, models: frozenset[str] | None) -> None:
+        """After planning over `models`: remember the lane as parked when its plan changed
+        nothing (see `parked`), else count a change of state."""
+        if plan.batches or plan.new_pages or plan.preempted or self._outputs:
+            self.state_version += 1
+            return
+        key = None if models is None else frozenset(models)
+        alloc = self.pages.allocator
+        if self.policy.static_admission and (
+            alloc.isolated_models or (key or self._all_models).issuperset(alloc.model_names)
+        ):
+            self._parked[key] = self.state_version
+
+    def parked(self, models: frozenset[str] | None = None) -> bool:
+        """Whether a plan over `models` (None: every model) now would surely be empty and
+        change nothing, as the last one over them was: that plan ran nothing, took no page,
+        preempted and rejected nothing, and nothing has changed since (`state_version`: no
+        request queued or aborted, no other plan that ran, took pages or preempted, no
+        result applied). Such a plan is a function of the scheduler's state and of the
+        lane's models' pages, not of the time, when the policy's admission is static (FCFS:
+        order by arrival, no rejection; every decode runs): its decodes at a page boundary
+        got no page and had no preemption victim, which `choose_victim` decides by page
+        counts and reserves only (the time orders candidates, it never removes one), and
+        every prefill was refused by counts and pages alike in any order. The lane's pages
+        change only through this scheduler when the allocator isolates its models
+        (`isolated_models`) or the lane has every model of the allocator (each model of an
+        allocator is served by one scheduler). Planning it again would only spend time."""
+        version = self._parked.get(None if models is None else frozenset(models))
+        if version is None or version != self.state_version:
+            return False
+        busy = self._busy  # its plan (or another over its models) still in flight
+        return not busy or (models is not None and busy.keys().isdisjoint(models))
 
     def _horizon(
         self,

@@ -181,6 +181,9 @@ class SchedulerState:
         self.waiting: dict[str, Sequence] = {}
         # bumped on every change of `waiting` (a request queued, started, preempted, ended)
         self.waiting_version = 0
+        # bumped on every change a plan may depend on: a request queued or aborted, a plan
+        # that runs, takes pages or preempts, a result applied (see `LocalScheduler.parked`)
+        self.state_version = 0
         self.prefilling: dict[str, Sequence] = {}
         self.decoding: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
         self._cols: dict[str, DecodeCols] = {m: DecodeCols() for m in self.models}
@@ -237,6 +240,7 @@ class SchedulerState:
         self.seqs[request_id] = seq
         self.waiting[request_id] = seq
         self.waiting_version += 1
+        self.state_version += 1
         self._unfinished[model] += 1
         return seq
 
@@ -247,6 +251,7 @@ class SchedulerState:
         if seq is None or seq.status is Status.FINISHED or seq.finish_reason is not None:
             return False
         self.stats.aborted += 1
+        self.state_version += 1
         lane = self._busy.get(seq.model)
         if lane is not None and self._runs(lane, seq):
             seq.finish_reason = "abort"
@@ -265,6 +270,8 @@ class SchedulerState:
             raise ValueError(f"step {plan.step_id} is not in flight")
         for m in lane.models:
             del self._busy[m]
+        if plan.batches or plan.new_pages or plan.preempted:
+            self.state_version += 1  # an empty plan changed nothing (its lane is idle again)
         steps = 1
         if plan.num_steps > 1:
             steps = result.num_steps

@@ -136,3 +136,66 @@ def test_in_run_speed_spread(tmp_path: Path) -> None:
     assert prof.speed_spread(before) is None
     prof.runs[(1, 16)] = [(2.0, 0.2, 0.7)]  # twice as slow in both
     assert prof.speed_spread(before) == pytest.approx({"p10": 2.0, "p50": 2.0, "p90": 2.0})
+
+
+def test_compare_averages_several_simulations() -> None:
+    real = [_rec(float(i), 0.1) for i in range(10)]
+    sims = [[_rec(float(i), 0.1) for i in range(10)], [_rec(float(i), 0.15) for i in range(10)]]
+    doc = v.compare(real, sims, solo_s=0.0375)
+    assert doc["sim"]["ttft_s_mean"] == pytest.approx(0.125)
+    assert doc["relative_error"]["ttft_s_mean"] == pytest.approx(0.25)
+    assert doc["sim_runs"] == 2
+    # 3x solo = 112.5 ms: the first simulation meets it, the second (150 ms) does not
+    assert doc["attainment_by_scale"]["3"] == {"real": 1.0, "sim": 0.5}
+    assert doc["attainment_by_scale"]["5"]["sim"] == pytest.approx(1.0)
+    one = v.compare(real, sims[1])
+    assert one == v.compare(real, [sims[1]])
+    assert one["relative_error"]["ttft_s_mean"] == pytest.approx(0.5)
+    assert "sim_runs" not in one
+
+
+def test_probe_shapes_follow_measure_point_steps() -> None:
+    shapes = v.probe_shapes(2, 16, 3, 2)
+    assert [s.prefill for s in shapes[:1]] == [((16, 0), (16, 0))]
+    assert [s.decode_context for s in shapes[1:4]] == [(16, 16), (17, 17), (18, 18)]
+    assert shapes[4] == BatchShape(prefill=((16, 0),), decode_context=(19, 19))
+    assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(20, 20))
+
+
+def test_timed_steps_pair_each_probe_step_with_its_prediction(tmp_path: Path) -> None:
+    from fineserve.bench.profile import PointSteps
+
+    cfg = v.Settings(10, 0.5, 5.0, "1", "16", 3, 1)
+    prof = v._InRunProfile(tmp_path, cfg, "cpu", 1024)
+    steps = PointSteps(0.02, (0.004, 0.005), (0.03,), (0.0, 0.02, 0.024, 0.029))
+    prof.probes.append((10.0, 1, 16, steps))
+    cost = LinearCostModel(fixed_s=0.001, per_token_s=0.0, per_context_s=0.0)
+    timed = prof.timed_steps(cost, KEY)
+    assert [t for t, _, _ in timed] == pytest.approx([10.0, 10.02, 10.024, 10.029])
+    assert [m for _, _, m in timed] == [0.02, 0.004, 0.005, 0.03]
+    assert all(p == pytest.approx(0.001) for _, p, _ in timed)
+    assert steps.summary == pytest.approx((0.02, 0.0045, 0.03))
+
+
+def _tiny_sim(noise: object, seed: int) -> list[RequestRecord]:
+    from fineserve.costmodel.fit import StepCoeffs
+    from fineserve.costmodel.table import TableCostModel
+    from fineserve.memory.formats import KVFormat
+
+    coeffs = StepCoeffs(prefill=(0.002, 1e-4, 0.0, 0.0, 0.0), decode=(0.002, 1e-4, 1e-6))
+    cost = TableCostModel({KEY: coeffs})
+    reqs = v.workload(40, 80.0, 1)
+    return v._simulated(reqs, KVFormat(2, 2, 64), 64 << 20, 0.5, cost, noise, seed)
+
+
+def test_simulation_noise_is_seeded_and_off_by_default() -> None:
+    from fineserve.costmodel.noise import StepNoise
+
+    plain = _tiny_sim(None, 0)
+    assert _tiny_sim(StepNoise(), 3) == plain  # no noise: the deterministic simulation
+    noisy = _tiny_sim(StepNoise(0.2, 0.3, 0.05), 3)
+    assert noisy == _tiny_sim(StepNoise(0.2, 0.3, 0.05), 3)
+    assert noisy != plain
+    assert noisy != _tiny_sim(StepNoise(0.2, 0.3, 0.05), 4)
+    ttft = [r.ttft_s for r in noisy if r.ttft_s is not None]
+    assert len(ttft) == len(noisy)  # every request still completes

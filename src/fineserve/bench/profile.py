@@ -3,12 +3,13 @@
 For every (batch size, input length) of a grid, the engine (torch executor, one model in its
 own arena, wall clock), after one warm-up request, runs `batch` prompts of `input_len` tokens
 as one prefill step, then `output_len - 1` decode steps, then one step that prefills one more
-prompt of `input_len` tokens beside the batch's decodes. Rows follow the schema of the H100
-profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill step,
-`tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both, plus `mixed_time` =
-the mixed step (the table's extra fixed cost of mixed batches is fitted from it). A step is
-timed whole (planning, execution and output handling), as a user sees it; the table feeds
-`make_cost_model("table:<path>")`.
+prompt of `input_len` tokens beside the batch's decodes (`mixed_steps` such steps in
+`measure_point_steps`, one prompt each; `sim --validate` times 4). Rows follow the schema of
+the H100 profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill
+step, `tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both, plus
+`mixed_time` = the (mean) mixed step (the table's extra fixed cost of mixed batches is fitted
+from it). A step is timed whole (planning, execution and output handling), as a user sees
+it; the table feeds `make_cost_model("table:<path>")`.
 
 Noise: every point is measured `--repeats` times and the median kept; repeats are interleaved
 over the grid (the whole grid once, then again, ...) so a burst of load from other processes
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,25 @@ def qformat_of(folder: Path) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "fp32").replace("float", "fp")
 
 
+@dataclass(frozen=True)
+class PointSteps:
+    """Every timed step of one grid point's run (seconds on the run's clock): the prefill step,
+    the decode steps, the mixed steps, and each step's start (same order: prefill, decodes,
+    mixed) relative to the prefill's start."""
+
+    prefill: float
+    decode: tuple[float, ...]
+    mixed: tuple[float, ...]
+    starts: tuple[float, ...]
+
+    @property
+    def summary(self) -> tuple[float, float, float]:
+        """(prefill, mean decode step, mean mixed step): a row's run (`row_from_runs`)."""
+        tpot = statistics.fmean(self.decode) if self.decode else 0.0
+        mixed = statistics.fmean(self.mixed) if self.mixed else 0.0
+        return self.prefill, tpot, mixed
+
+
 def measure_point(
     folder: Path,
     batch: int,
@@ -119,20 +140,42 @@ def measure_point(
     name: str,
     clock: str = "wall",
     arena_tokens: int | None = None,
+    mixed_steps: int = 1,
 ) -> tuple[float, float, float]:
-    """(prefill step, mean decode step, mixed step) seconds for one grid point, on `clock`.
+    """(prefill step, mean decode step, mean mixed step) seconds for one grid point, on `clock`
+    (`measure_point_steps(...).summary`)."""
+    steps = measure_point_steps(
+        folder, batch, input_len, output_len, name, clock, arena_tokens, mixed_steps
+    )
+    return steps.summary
 
-    The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps; then
-    one more prompt of `input_len` tokens arrives and the next step prefills it beside the
-    batch's decodes (the mixed step). The arena holds `arena_tokens` tokens (default: the
-    point's own tokens, see `_arena_bytes`); give the arena of the run the table is for.
+
+def measure_point_steps(
+    folder: Path,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    name: str,
+    clock: str = "wall",
+    arena_tokens: int | None = None,
+    mixed_steps: int = 1,
+) -> PointSteps:
+    """Every timed step of one grid point, on `clock`.
+
+    The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps; then,
+    `mixed_steps` times, one more prompt of `input_len` tokens arrives and the next step
+    prefills it beside the batch's decodes (a mixed step; that prompt asks for one token, so
+    it leaves in its step and the decodes stay `batch`). The arena holds `arena_tokens` tokens
+    (default: the point's own tokens, see `_arena_bytes`); give the arena of the run the table
+    is for.
     """
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
     from fineserve.scheduler.local import SchedulerConfig
     from fineserve.sim.executor import LinearCostModel
 
-    tokens = (batch + 1) * (input_len + output_len + 1)
+    n_mixed = max(1, mixed_steps)
+    tokens = (batch + 1) * (input_len + output_len + n_mixed)
     engine, _ = load_torch_engine(
         [TorchModel(name, folder)],
         arena_bytes=_arena_bytes(folder, tokens if arena_tokens is None else arena_tokens),
@@ -146,12 +189,21 @@ def measure_point(
     engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
-        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len + 1, sampling=params)
-    steps = [_timed_step(engine) for _ in range(output_len)]
-    engine.add_request("mixed", name, [5] * input_len, max_tokens=1, sampling=params)
-    mixed = _timed_step(engine)
+        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len + n_mixed, sampling=params)
+    origin = engine.clock.now()
+    starts: list[float] = []
+    steps = []
+    for _ in range(output_len):
+        starts.append(engine.clock.now() - origin)
+        steps.append(_timed_step(engine))
+    mixed = []
+    for j in range(n_mixed):
+        prompt = [(5 + 11 * j + k) % 200 + 3 for k in range(input_len)]
+        engine.add_request(f"mixed{j}", name, prompt, max_tokens=1, sampling=params)
+        starts.append(engine.clock.now() - origin)
+        mixed.append(_timed_step(engine))
     engine.run_until_idle()
-    return steps[0], statistics.fmean(steps[1:]) if len(steps) > 1 else 0.0, mixed
+    return PointSteps(steps[0], tuple(steps[1:]), tuple(mixed), tuple(starts))
 
 
 def _timed_step(engine: Any) -> float:
@@ -173,8 +225,8 @@ def profile_rows(
 ) -> list[dict[str, Any]]:
     """One row per (batch size, input length), medians of `args.repeats` interleaved runs.
 
-    `args` carries the CLI's fields (`clock` optional, default wall; `arena_tokens` optional,
-    see `measure_point`). Rows come in grid order
+    `args` carries the CLI's fields (`clock` optional, default wall; `arena_tokens` and
+    `mixed_steps` optional, see `measure_point_steps`). Rows come in grid order
     (batch sizes outer); each also has `prefill_runs` / `tpot_runs` / `mixed_runs` (every run,
     seconds), which the CSV leaves out.
     """
@@ -185,12 +237,13 @@ def profile_rows(
     runs: dict[tuple[int, int], list[tuple[float, float, float]]] = {p: [] for p in grid}
     clock = getattr(args, "clock", "wall")
     arena_tokens = getattr(args, "arena_tokens", None)
+    mixed_steps = getattr(args, "mixed_steps", 1)
     for rep in range(max(1, args.repeats)):
         if progress is not None:
             progress(f"profile {name}: pass {rep + 1}/{max(1, args.repeats)}, {len(grid)} points")
         for batch, input_len in grid:
             point = measure_point(
-                folder, batch, input_len, args.output_len, name, clock, arena_tokens
+                folder, batch, input_len, args.output_len, name, clock, arena_tokens, mixed_steps
             )
             runs[(batch, input_len)].append(point)
     return [row_from_runs(name, qformat, b, n, args.output_len, runs[(b, n)]) for b, n in grid]

@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +67,8 @@ DECODE_BATCH = 8  # concurrency assumed when estimating capacity from the table
 KEYS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p90"))
 SCALES = (2.0, 3.0, 5.0, 10.0)
 CLOCK_ENV = "FINESERVE_VALIDATE_CLOCK"
+MIXED_STEPS = 4  # mixed steps timed per profile point (one is a single, noisy step)
+SIM_SEEDS = 5  # simulations with step-time noise, each seed its own draw; summaries averaged
 
 
 @dataclass(frozen=True)
@@ -101,17 +105,20 @@ def _profile(
         model=folder, name=NAME, qformat="fp32", batch_sizes=settings.batch_sizes,
         input_lens=settings.input_lens, output_len=settings.output_len,
         repeats=settings.repeats, clock=clock, arena_tokens=arena_tokens,
+        mixed_steps=MIXED_STEPS,
     )  # fmt: skip
     return profile_rows(args, say)
 
 
 def _table(rows: list[dict[str, Any]], path: Path) -> Any:
-    """`TableCostModel` fitted to `rows` (written to `path` first, as `fineserve profile`)."""
+    """`TableCostModel` fitted to `rows` (written to `path` first, as `fineserve profile`),
+    with the CPU fit options: decode piecewise in the batch size, weights from the fit
+    (`costmodel.fit`)."""
     from fineserve.costmodel.profile import write_profile
     from fineserve.costmodel.table import TableCostModel
 
     write_profile(path, rows)
-    return TableCostModel.from_csv(path)
+    return TableCostModel.from_csv(path, piecewise_decode=True, reweight=True)
 
 
 def workload(n: int, rate: float, seed: int) -> list[SimRequest]:
@@ -279,7 +286,17 @@ def step_fidelity(cost: Any, key: Any, steps: Sequence[tuple[Any, float]]) -> di
     }
 
 
-def _simulated(reqs: list[SimRequest], kv: Any, arena: int, slo: float, cost: Any) -> list:
+def _simulated(
+    reqs: list[SimRequest],
+    kv: Any,
+    arena: int,
+    slo: float,
+    cost: Any,
+    noise: Any = None,
+    seed: int = 0,
+) -> list:
+    """The simulator's records of `reqs`; with `noise` (a `costmodel.noise.StepNoise`) every
+    executed step's time is multiplied by its factor, drawn from `seed` (`NoisyCoster`)."""
     from fineserve.sim.catalog import GpuSpec, ModelType, SimModel
     from fineserve.sim.loop import ClusterSim
     from fineserve.sim.placement import PlacedInstance, Placement
@@ -291,7 +308,43 @@ def _simulated(reqs: list[SimRequest], kv: Any, arena: int, slo: float, cost: An
     placement = Placement((PlacedInstance(NAME, (0,)),), 1)
     gpu = GpuSpec(memory_bytes=arena + 1, reserve_bytes=0, name="cpu")
     sim = ClusterSim([model], placement, scheme, cost, cost.interference, gpu, True)
+    if noise is not None and not noise.off:
+        sim.coster = noisy_coster(cost, noise, seed)
     return sim.run(reqs).values()
+
+
+def noisy_coster(cost: Any, noise: Any, seed: int) -> Any:
+    """A `sim.stepper.BatchCoster` over `cost` whose executed step times carry `noise`
+    (a `StepNoise`), drawn from `seed`. The scheduler's predictions stay the table's, as in
+    the real run; only how long the simulated steps take changes."""
+    from fineserve.costmodel.noise import NoiseProcess
+    from fineserve.sim.stepper import BatchCoster
+
+    class NoisyCoster(BatchCoster):
+        """Each step (each iteration of a multi-step plan) scaled by its own factor."""
+
+        def __init__(self) -> None:
+            super().__init__(cost)
+            self.process = NoiseProcess(noise, seed)
+
+        def run(self, plan: Any) -> Any:
+            result, works = super().run(plan)
+            f = self.process.factor(result.duration_s)
+            result.duration_s *= f
+            return result, [(w * f, frac) for w, frac in works]
+
+        def run_iterations(self, plan: Any, limit_s: float = math.inf) -> Any:
+            result, iterations = super().run_iterations(plan, limit_s)
+            scaled, total = [], 0.0
+            for works in iterations:
+                longest = max(w for w, _ in works)
+                f = self.process.factor(longest)
+                scaled.append([(w * f, frac) for w, frac in works])
+                total += longest * f
+            result.duration_s = total
+            return result, scaled
+
+    return NoisyCoster()
 
 
 def _rel(sim: float | None, real: float | None) -> float | None:
@@ -309,24 +362,43 @@ def attainment_at(records: Sequence[RequestRecord], slo_s: float) -> float:
 
 
 def compare(
-    real: list[RequestRecord], simmed: list[RequestRecord], solo_s: float | None = None
+    real: list[RequestRecord],
+    simmed: list[RequestRecord] | Sequence[list[RequestRecord]],
+    solo_s: float | None = None,
 ) -> dict[str, Any]:
     """Summaries of both runs and the relative errors (sim vs real); with `solo_s` (the solo
-    TTFT the SLO is scaled from) also both attainments at each of `SCALES`."""
-    window = max(measurement_window(real), measurement_window(simmed))
-    a, b = summarize(real, window), summarize(simmed, window)
-    errors = {f"{m}_{s}": _rel(b[m][s], a[m][s]) for m, s in KEYS}
+    TTFT the SLO is scaled from) also both attainments at each of `SCALES`. `simmed` may be
+    several simulations of the same requests (one list of records each, e.g. noise seeds):
+    the sim's figures are then their means."""
+    sims: list[list[RequestRecord]] = (
+        [list(simmed)]  # type: ignore[arg-type]
+        if simmed and isinstance(simmed[0], RequestRecord)
+        else [list(s) for s in simmed]  # type: ignore[union-attr]
+    )
+    window = max(measurement_window(x) for x in (real, *sims))
+    a = _brief(summarize(real, window))
+    briefs = [_brief(summarize(x, window)) for x in sims]
+    b = {k: _mean([br[k] for br in briefs]) for k in a}
+    errors = {f"{m}_{s}": _rel(b[f"{m}_{s}"], a[f"{m}_{s}"]) for m, s in KEYS}
     errors["slo_attainment"] = _rel(b["slo_attainment"], a["slo_attainment"])
-    doc: dict[str, Any] = {"real": _brief(a), "sim": _brief(b), "relative_error": errors}
+    doc: dict[str, Any] = {"real": a, "sim": b, "relative_error": errors}
+    if len(sims) > 1:
+        doc["sim_runs"] = len(sims)
     if solo_s is not None:
         doc["attainment_by_scale"] = {
             f"{k:g}": {
                 "real": attainment_at(real, k * solo_s),
-                "sim": attainment_at(simmed, k * solo_s),
+                "sim": statistics.fmean(attainment_at(x, k * solo_s) for x in sims),
             }
             for k in SCALES
         }
     return doc
+
+
+def _mean(values: list[Any]) -> Any:
+    """Mean of the values that are not None (None if all are)."""
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
 
 
 def _brief(s: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +444,7 @@ def _validate_in(
     """Profile, real run, profile again, simulate (see the module docstring): the document
     plus a `_run` entry of timings for `conditions`."""
     from fineserve.bench.profile import _arena_bytes, drift
+    from fineserve.costmodel.noise import estimate_step_noise
     from fineserve.execution.instance import load_instance
     from fineserve.sim.catalog import ModelType
     from fineserve.sim.workload import solo_ttft
@@ -403,8 +476,9 @@ def _validate_in(
     )
     in_run = during.rows(before)
     table = _table(in_run, root / "cpu-profile.csv")
-    simmed = _simulated(reqs, kv, arena, slo, table)
-    doc = compare(real, simmed, solo)
+    noise = estimate_step_noise(during.timed_steps(table, key))
+    sims = [_simulated(reqs, kv, arena, slo, table, noise, seed + k) for k in range(SIM_SEEDS)]
+    doc = compare(real, sims, solo)
     errs = [v for v in doc["relative_error"].values() if v is not None]
     doc.update(
         model=NAME, requests=len(reqs), seed=seed, load=cfg.load, capacity_rps=capacity,
@@ -415,6 +489,7 @@ def _validate_in(
                  "drift_during_over_before": drift(before, in_run),
                  "speed_during_over_before": during.speed_spread(before),
                  "fit": _fit_errors(table, key)},
+        step_noise=noise.as_dict(),
         step_fidelity=step_fidelity(table, key, steps),
     )  # fmt: skip
     doc["_run"] = {
@@ -432,7 +507,8 @@ class _InRunProfile:
     """The profile grid measured again point by point between the real run's steps (`next`,
     the `probe` of `_real`), `cfg.repeats` passes in interleaved order. `rows(before)`: the
     table the simulation uses, each point's medians over its in-run measurements (the before
-    run's row for a point the run ended too early to measure)."""
+    run's row for a point the run ended too early to measure). `timed_steps(table, key)`:
+    every step the probes timed, for the noise estimate (`costmodel.noise`)."""
 
     def __init__(self, folder: Path, cfg: Settings, clock: str, arena_tokens: int) -> None:
         from fineserve.bench.profile import _ints
@@ -442,20 +518,38 @@ class _InRunProfile:
         self.total = len(self.todo)
         self.done = 0
         self.runs: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+        # per probe: (its start on the process timeline, batch, input_len, its steps)
+        self.probes: list[tuple[float, int, int, Any]] = []
+        self.clock = clock
         self.args = (folder, cfg.output_len, clock, arena_tokens)
 
     def next(self) -> bool:
         """Measure the next point; False once every point was measured."""
-        from fineserve.bench.profile import measure_point
+        from fineserve.bench.profile import measure_point_steps
 
         if self.done >= self.total:
             return False
         batch, input_len = self.todo[self.done]
         folder, output_len, clock, arena_tokens = self.args
-        point = measure_point(folder, batch, input_len, output_len, NAME, clock, arena_tokens)
-        self.runs.setdefault((batch, input_len), []).append(point)
+        start = _timeline(self.clock)
+        steps = measure_point_steps(
+            folder, batch, input_len, output_len, NAME, clock, arena_tokens, MIXED_STEPS
+        )
+        self.probes.append((start, batch, input_len, steps))
+        self.runs.setdefault((batch, input_len), []).append(steps.summary)
         self.done += 1
         return self.done < self.total
+
+    def timed_steps(self, table: Any, key: Any) -> list[tuple[float, float, float]]:
+        """[(start on the process timeline, `table`'s prediction, measured seconds)] of every
+        step the probes timed (`probe_shapes` gives each step's batch)."""
+        out = []
+        for start, batch, input_len, steps in self.probes:
+            times = (steps.prefill, *steps.decode, *steps.mixed)
+            shapes = probe_shapes(batch, input_len, len(steps.decode), len(steps.mixed))
+            for offset, shape, seconds in zip(steps.starts, shapes, times, strict=True):
+                out.append((start + offset, table.step_time(key, shape), seconds))
+        return out
 
     def speed_spread(self, before: list[dict[str, Any]]) -> dict[str, float] | None:
         """p10/p50/p90 over every in-run measurement of (its prefill and its TPOT) / (the first
@@ -485,6 +579,27 @@ class _InRunProfile:
                               r["output_len"], runs) if runs else r
             )  # fmt: skip
         return out
+
+
+def probe_shapes(batch: int, input_len: int, decodes: int, mixed: int) -> list[Any]:
+    """Batch shapes of a profile point's timed steps (`bench.profile.measure_point_steps`):
+    the prefill of `batch` prompts, `decodes` decode steps (contexts `input_len` + j), then
+    `mixed` steps each prefilling one prompt beside the `batch` decodes."""
+    from fineserve.costmodel.base import BatchShape
+
+    shapes = [BatchShape(prefill=((input_len, 0),) * batch)]
+    shapes += [BatchShape(decode_context=(input_len + j,) * batch) for j in range(decodes)]
+    shapes += [
+        BatchShape(prefill=((input_len, 0),), decode_context=(input_len + decodes + j,) * batch)
+        for j in range(mixed)
+    ]
+    return shapes
+
+
+def _timeline(clock: str) -> float:
+    """Now on the timeline the engine's steps are timed on: the process's CPU seconds for the
+    CPU clock, else the monotonic wall clock."""
+    return time.process_time() if clock == "cpu" else time.monotonic()
 
 
 def _fit_errors(cost: Any, key: Any) -> dict[str, float]:

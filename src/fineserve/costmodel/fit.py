@@ -8,7 +8,16 @@ Per instance (model, qformat, tp), from the rows with mps_percentage = 100:
   (memory) bound at few tokens to the compute bound; ``knee`` is picked from a grid of
   candidates (powers of two 64..16384, and "none") by the smallest residual;
 - decode(step)  = d + e * seqs + f * sum(context), with the row's mean context
-  input_len + (output_len + 1)/2 per sequence.
+  input_len + (output_len + 1)/2 per sequence; or, with ``piecewise_decode`` (CPU tables,
+  whose decode step is not linear in the batch: one sequence costs clearly less than the line
+  through larger batches), d + E(seqs) + f * sum(context) with E piecewise linear between the
+  profiled batch sizes (E = 0 at the smallest, non-decreasing, extended past the largest with
+  the last segment's slope): ``StepCoeffs.decode_knots``.
+
+``reweight`` (CPU tables): weights 1/fitted instead of 1/measured, iterated. Weighting by the
+measured time favours rows measured low, which biases a fit to noisy rows low by about the
+rows' relative variance (5-10% for CPU rows scattered by 20-30%); weights from the fit itself
+do not.
 
 Rows are weighted by 1/measured so the fit minimises *relative* error (times span 10 ms to
 seconds). Coefficients are constrained to be >= 0 (so the model is monotone): among all subsets
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,15 +47,19 @@ class StepCoeffs:
     prefill: tuple[float, float, float, float, float]  # a, b, c, g [s, s/token...], knee [tokens]
     decode: tuple[float, float, float]  # d [s], e [s/seq], f [s/(seq*ctx token)]
     n_rows: int = 0
+    # (batch size, seconds) knots of a piecewise-linear batch term E replacing e * seqs (e is
+    # then 0); empty: the linear term (see `decode_batch_cost`)
+    decode_knots: tuple[tuple[int, float], ...] = ()
     prefill_err_mean: float = 0.0
     prefill_err_max: float = 0.0
     decode_err_mean: float = 0.0
     decode_err_max: float = 0.0
 
 
-def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """argmin_{coef >= 0} sum(((x @ coef - y) / y)^2) by trying every feature subset."""
-    w = 1.0 / np.maximum(y, 1e-12)
+def nnls_relative(x: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """argmin_{coef >= 0} sum(((x @ coef - y) / scale)^2) (`scale` defaults to y: relative
+    error) by trying every feature subset."""
+    w = 1.0 / np.maximum(y if scale is None else scale, 1e-12)
     xw, yw = x * w[:, None], y * w
     best, best_res = np.zeros(x.shape[1]), float(np.sum(yw**2))
     for r in range(1, x.shape[1] + 1):
@@ -62,6 +75,37 @@ def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best
 
 
+def nnls_reweighted(x: np.ndarray, y: np.ndarray, rounds: int = 5) -> np.ndarray:
+    """`nnls_relative`, then refitted `rounds` times with each row's error relative to its
+    fitted value (floored at half the measured one) instead of the measured value."""
+    coef = nnls_relative(x, y)
+    for _ in range(rounds):
+        coef = nnls_relative(x, y, np.maximum(x @ coef, 0.5 * y))
+    return coef
+
+
+def decode_batch_cost(c: StepCoeffs, seqs: int) -> float:
+    """The batch term of a decode step of `seqs` sequences: e * seqs, or with knots the
+    piecewise-linear E(seqs) (0 up to the first knot, the last segment's slope past the last
+    knot)."""
+    knots = c.decode_knots
+    if not knots:
+        return c.decode[1] * seqs
+    return _interpolate(knots, seqs)
+
+
+def _interpolate(knots: tuple[tuple[int, float], ...], n: int) -> float:
+    if n <= knots[0][0]:
+        return knots[0][1]
+    for (b0, v0), (b1, v1) in itertools.pairwise(knots):
+        if n <= b1:
+            return v0 + (v1 - v0) * (n - b0) / (b1 - b0)
+    if len(knots) == 1:
+        return knots[0][1]
+    (b0, v0), (b1, v1) = knots[-2], knots[-1]
+    return v1 + (v1 - v0) * (n - b1) / (b1 - b0)
+
+
 KNEES = (0.0, *(2.0**k for k in range(6, 15)))  # 0.0 stands for "no hinge"
 
 
@@ -71,13 +115,17 @@ def prefill_features(batch: int, input_len: int, knee: float) -> list[float]:
     return [1.0, tokens, batch * input_len * (input_len + 1) / 2.0, hinge]
 
 
-def fit_prefill(rows: Sequence[ProfileRow]) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Best (a, b, c, g) and knee over the candidate knees; also (mean, max) rel. error."""
+def fit_prefill(
+    rows: Sequence[ProfileRow], solve: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Best (a, b, c, g) and knee over the candidate knees; also (mean, max) rel. error.
+    `solve` fits one knee's features (default `nnls_relative`)."""
+    solve = solve or nnls_relative
     y = np.array([r.prefill_time for r in rows])
     best: tuple[float, np.ndarray, float] | None = None
     for knee in KNEES:
         x = np.array([prefill_features(r.batch_size, r.input_len, knee) for r in rows])
-        coef = nnls_relative(x, y)
+        coef = solve(x, y)
         res = float(np.sum(((x @ coef - y) / y) ** 2))
         if best is None or res < best[0] - 1e-12:
             best = (res, coef, knee)
@@ -96,22 +144,50 @@ def _rel_errors(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> tuple[float, 
     return float(err.mean()), float(err.max())
 
 
-def fit_instance(rows: Sequence[ProfileRow]) -> StepCoeffs:
-    """Fit one instance's solo rows (callers pass only mps_percentage == 100)."""
+def piecewise_decode_features(batch: int, mean_ctx: float, knots: Sequence[int]) -> list[float]:
+    """[1, g_1 .. g_K, batch * mean_ctx]: g_k rises 0 -> 1 between knots k-1 and k (the last
+    one keeps rising past the last knot), so E(n) = sum(delta_k * g_k(n)) with every delta_k
+    >= 0 is piecewise linear, non-decreasing, 0 at the first knot."""
+    g = []
+    for k in range(1, len(knots)):
+        t = (batch - knots[k - 1]) / (knots[k] - knots[k - 1])
+        g.append(max(0.0, t if k == len(knots) - 1 else min(1.0, t)))
+    return [1.0, *g, batch * mean_ctx]
+
+
+def fit_instance(
+    rows: Sequence[ProfileRow], piecewise_decode: bool = False, reweight: bool = False
+) -> StepCoeffs:
+    """Fit one instance's solo rows (callers pass only mps_percentage == 100); options: see
+    the module docstring."""
     pre = [r for r in rows if r.prefill_time > 0]
     dec = [r for r in rows if r.tpot > 0]
     pc, dc, knee = np.zeros(4), np.zeros(3), 0.0
     perr, derr = (0.0, 0.0), (0.0, 0.0)
+    knots: tuple[tuple[int, float], ...] = ()
+    solve = nnls_reweighted if reweight else nnls_relative
     if pre:
-        pc, knee, perr = fit_prefill(pre)
+        pc, knee, perr = fit_prefill(pre, solve)
     if dec:
-        xd = np.array([decode_features(r.batch_size, r.mean_decode_context) for r in dec])
         yd = np.array([r.tpot for r in dec])
-        dc = nnls_relative(xd, yd)
-        derr = _rel_errors(xd, yd, dc)
+        batches = sorted({r.batch_size for r in dec})
+        if piecewise_decode and len(batches) >= 2:
+            xd = np.array(
+                [piecewise_decode_features(r.batch_size, r.mean_decode_context, batches)
+                 for r in dec]
+            )  # fmt: skip
+            coef = solve(xd, yd)
+            rises = np.concatenate([[0.0], np.cumsum(coef[1:-1])])
+            knots = tuple((b, float(v)) for b, v in zip(batches, rises, strict=True))
+            dc = np.array([coef[0], 0.0, coef[-1]])
+        else:
+            xd = np.array([decode_features(r.batch_size, r.mean_decode_context) for r in dec])
+            coef = dc = solve(xd, yd)
+        derr = _rel_errors(xd, yd, coef)
     return StepCoeffs(
         prefill=(float(pc[0]), float(pc[1]), float(pc[2]), float(pc[3]), knee),
         decode=(float(dc[0]), float(dc[1]), float(dc[2])),
+        decode_knots=knots,
         n_rows=len(rows),
         prefill_err_mean=perr[0],
         prefill_err_max=perr[1],
@@ -120,13 +196,19 @@ def fit_instance(rows: Sequence[ProfileRow]) -> StepCoeffs:
     )
 
 
-def fit_profile(rows: Sequence[ProfileRow]) -> dict[InstanceKey, StepCoeffs]:
-    """Coefficients per instance from the solo (mps_percentage >= 100) rows."""
+def fit_profile(
+    rows: Sequence[ProfileRow], piecewise_decode: bool = False, reweight: bool = False
+) -> dict[InstanceKey, StepCoeffs]:
+    """Coefficients per instance from the solo (mps_percentage >= 100) rows (options: see
+    the module docstring; the committed H100 fit uses neither)."""
     groups: dict[InstanceKey, list[ProfileRow]] = {}
     for r in rows:
         if r.mps_percentage >= 100:
             groups.setdefault(r.key, []).append(r)
-    return {k: fit_instance(v) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    return {
+        k: fit_instance(v, piecewise_decode, reweight)
+        for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))
+    }
 
 
 def fit_interference(rows: Sequence[ProfileRow]) -> InterferenceModel:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey, InterferenceModel
-from fineserve.costmodel.fit import StepCoeffs, fit_interference, fit_profile
+from fineserve.costmodel.fit import StepCoeffs, decode_batch_cost, fit_interference, fit_profile
 from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, ProfileRow, read_profile
 from fineserve.workload.data import find_data_file
 
@@ -60,10 +60,13 @@ class TableCostModel(CostModelHelpers):
         self._decode_base: dict[InstanceKey, tuple[StepCoeffs, float]] = {}
 
     @classmethod
-    def from_csv(cls, path: Path) -> TableCostModel:
-        """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now."""
+    def from_csv(
+        cls, path: Path, piecewise_decode: bool = False, reweight: bool = False
+    ) -> TableCostModel:
+        """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now (options:
+        `fit.fit_profile`)."""
         rows = read_profile(path)
-        coeffs = fit_profile(rows)
+        coeffs = fit_profile(rows, piecewise_decode, reweight)
         mixed = fit_mixed_extra(rows, coeffs)
         return cls(coeffs, fit_interference(rows), source=str(path), mixed_extra=mixed)
 
@@ -129,6 +132,8 @@ class TableCostModel(CostModelHelpers):
                 return 0.0
             c, base = self._decode_consts(key)
             _, e, f = c.decode
+            if c.decode_knots:
+                return base + decode_batch_cost(c, len(ctx)) + f * sum(ctx)
             return base + e * len(ctx) + f * sum(ctx)
         tokens = batch.prefill_tokens
         ctx = batch.decode_context
@@ -141,6 +146,8 @@ class TableCostModel(CostModelHelpers):
         if has_p and has_d and self._mixed:
             fixed += self.mixed_extra(key)
         t = fixed + _prefill_cost(c, tokens, batch.attention_pairs)
+        if c.decode_knots:
+            return t + decode_batch_cost(c, len(ctx)) + f * sum(ctx)
         return t + e * len(ctx) + f * sum(ctx)
 
     def _decode_consts(self, key: InstanceKey) -> tuple[StepCoeffs, float]:
@@ -163,7 +170,7 @@ class TableCostModel(CostModelHelpers):
             return [0.0] * k
         c, base = self._decode_consts(key)
         _, e, f = c.decode
-        t = base + e * n
+        t = base + (decode_batch_cost(c, n) if c.decode_knots else e * n)
         s = sum(contexts)
         return [t + f * (s + n * j) for j in range(k)]
 
@@ -171,7 +178,7 @@ class TableCostModel(CostModelHelpers):
         """Share of the step's variable cost due to prefill (for interference)."""
         c = self.coeffs(key)
         p = _prefill_variable(c, batch)
-        dd = c.decode[1] * batch.num_decode + c.decode[2] * batch.decode_context_sum
+        dd = decode_batch_cost(c, batch.num_decode) + c.decode[2] * batch.decode_context_sum
         return p / (p + dd) if p + dd > 0 else 0.0
 
 
@@ -219,6 +226,7 @@ def _coeffs_from_json(e: Mapping[str, Any]) -> StepCoeffs:
     return StepCoeffs(
         prefill=tuple(float(v) for v in e["prefill"]),  # type: ignore[arg-type]
         decode=tuple(float(v) for v in e["decode"]),  # type: ignore[arg-type]
+        decode_knots=tuple((int(b), float(v)) for b, v in e.get("decode_knots", ())),
         n_rows=int(e.get("n_rows", 0)),
         prefill_err_mean=float(e.get("prefill_err_mean", 0.0)),
         prefill_err_max=float(e.get("prefill_err_max", 0.0)),
@@ -253,9 +261,11 @@ def fit_document(csv_path: Path) -> dict[str, Any]:
 
 
 def _coeffs_to_json(c: StepCoeffs) -> dict[str, Any]:
+    knots = {"decode_knots": [[b, float(f"{v:.6g}")] for b, v in c.decode_knots]}
     return {
         "prefill": [float(f"{v:.6g}") for v in c.prefill],
         "decode": [float(f"{v:.6g}") for v in c.decode],
+        **(knots if c.decode_knots else {}),
         "n_rows": c.n_rows,
         "prefill_err_mean": round(c.prefill_err_mean, 4),
         "prefill_err_max": round(c.prefill_err_max, 4),

@@ -169,11 +169,17 @@ def test_timed_steps_pair_each_probe_step_with_its_prediction(tmp_path: Path) ->
     prof = v._InRunProfile(tmp_path, cfg, "cpu", 1024)
     steps = PointSteps(0.02, (0.004, 0.005), (0.03,), (0.0, 0.02, 0.024, 0.029))
     prof.probes.append((10.0, 1, 16, steps))
-    cost = LinearCostModel(fixed_s=0.001, per_token_s=0.0, per_context_s=0.0)
-    timed = prof.timed_steps(cost, KEY)
-    assert [t for t, _, _ in timed] == pytest.approx([10.0, 10.02, 10.024, 10.029])
-    assert [m for _, _, m in timed] == [0.02, 0.004, 0.005, 0.03]
-    assert all(p == pytest.approx(0.001) for _, p, _ in timed)
+    prof.probes.append((11.0, 1, 32, PointSteps(0.03, (0.005,), (0.04,), (0.0, 0.03, 0.035))))
+    tables = {
+        (1, 16): LinearCostModel(fixed_s=0.001, per_token_s=0.0, per_context_s=0.0),
+        (1, 32): LinearCostModel(fixed_s=0.002, per_token_s=0.0, per_context_s=0.0),
+    }
+    timed = prof.timed_steps(tables.__getitem__, KEY)
+    assert [t for t, _, _ in timed] == pytest.approx([10.0, 10.02, 10.024, 10.029, 11.0, 11.03,
+                                                      11.035])  # fmt: skip
+    assert [m for _, _, m in timed] == [0.02, 0.004, 0.005, 0.03, 0.03, 0.005, 0.04]
+    # each probe's steps predicted by its own point's table
+    assert [p for _, p, _ in timed] == pytest.approx([0.001] * 4 + [0.002] * 3)
     assert steps.summary == pytest.approx((0.02, 0.0045, 0.03))
 
 

@@ -476,7 +476,14 @@ def _validate_in(
     )
     in_run = during.rows(before)
     table = _table(in_run, root / "cpu-profile.csv")
-    noise = estimate_step_noise(during.timed_steps(table, key))
+    # the noise is measured out of sample: each probe's steps against the table fitted
+    # without its point (its own fit would hide the table's error on shapes it did not see)
+    held_out = {
+        point: _table([r for r in in_run if (r["batch_size"], r["input_len"]) != point],
+                      root / "cpu-profile-held-out.csv")
+        for point in during.runs
+    }  # fmt: skip
+    noise = estimate_step_noise(during.timed_steps(held_out.__getitem__, key))
     sims = [_simulated(reqs, kv, arena, slo, table, noise, seed + k) for k in range(SIM_SEEDS)]
     doc = compare(real, sims, solo)
     errs = [v for v in doc["relative_error"].values() if v is not None]
@@ -540,11 +547,15 @@ class _InRunProfile:
         self.done += 1
         return self.done < self.total
 
-    def timed_steps(self, table: Any, key: Any) -> list[tuple[float, float, float]]:
-        """[(start on the process timeline, `table`'s prediction, measured seconds)] of every
-        step the probes timed (`probe_shapes` gives each step's batch)."""
+    def timed_steps(
+        self, table_for: Callable[[tuple[int, int]], Any], key: Any
+    ) -> list[tuple[float, float, float]]:
+        """[(start on the process timeline, prediction, measured seconds)] of every step the
+        probes timed (`probe_shapes` gives each step's batch), each predicted by
+        `table_for((batch, input_len))` of its point."""
         out = []
         for start, batch, input_len, steps in self.probes:
+            table = table_for((batch, input_len))
             times = (steps.prefill, *steps.decode, *steps.mixed)
             shapes = probe_shapes(batch, input_len, len(steps.decode), len(steps.mixed))
             for offset, shape, seconds in zip(steps.starts, shapes, times, strict=True):

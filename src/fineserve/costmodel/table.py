@@ -4,7 +4,9 @@ step_time = max(a [if prefill], d [if decode]) + b*prefill_tokens + c*attention_
             + g*max(0, prefill_tokens - knee) + e*decode_seqs + f*sum(decode_context)
 
 (coefficients from :mod:`fineserve.costmodel.fit`; all >= 0, so the cost is monotone in
-tokens, sequences and context, and linear beyond the profiled grid), plus ``m`` when the step
+tokens, sequences and context, and linear beyond the profiled grid; a CPU table fitted with
+``piecewise_decode`` has a piecewise-linear, non-decreasing E(decode_seqs) instead of
+e*decode_seqs, ``StepCoeffs.decode_knots``), plus ``m`` when the step
 has both prefill and decode work: the fixed cost a mixed step pays beyond the larger of the two
 fixed terms (on the CPU engine both attention paths run in every layer). ``m`` >= 0 is
 measured only from profile rows with ``mixed_time`` (``fit_mixed_extra``); the H100 profile has

@@ -47,12 +47,16 @@ class BatchCoster:
                 fn = self._decoders[key] = partial(_plain_decode_times, self.cost_model, key)
         return fn
 
-    def token(self, request_id: str, position: int) -> int:
-        """`token_stream(request_id, position)`, with the request id's CRC cached."""
+    def crc(self, request_id: str) -> int:
+        """The request id's CRC (cached): `token_stream`'s base."""
         crc = self._crc.get(request_id)
         if crc is None:
             crc = self._crc[request_id] = zlib.crc32(request_id.encode())
-        return (crc + 7919 * (position + 1)) % self.vocab_size
+        return crc
+
+    def token(self, request_id: str, position: int) -> int:
+        """`token_stream(request_id, position)`, with the request id's CRC cached."""
+        return (self.crc(request_id) + 7919 * (position + 1)) % self.vocab_size
 
     def run(self, plan: StepPlan) -> tuple[StepResult, list[tuple[float, float]]]:
         """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)])."""
@@ -81,11 +85,15 @@ class BatchCoster:
             for i in range(n_pre):
                 if batch.samples[i]:
                     tokens[ids[i]] = token(ids[i], positions[i] + len(chunks[i]))
-            get = crcs.get
-            # decodes: one token fed at `p`, one sampled (`token(rid, p + 1)`, inlined)
-            for rid, p in zip(ids[n_pre:], positions[n_pre:], strict=True):
-                crc = get(rid)
-                tokens[rid] = token(rid, p + 1) if crc is None else (crc + 7919 * (p + 2)) % vocab
+            # decodes: one token fed at `p`, one sampled: `token(rid, p + 1)`, inlined as
+            # (crc + 7919 * (p + 2)) % vocab once every crc is known
+            dec_ids = ids[n_pre:] if n_pre else ids
+            dec_pos = positions[n_pre:] if n_pre else positions
+            known = list(map(crcs.get, dec_ids))
+            if None in known:
+                known = list(map(self.crc, dec_ids))
+            sampled = [(c + 7919 * (p + 2)) % vocab for c, p in zip(known, dec_pos, strict=True)]
+            tokens.update(zip(dec_ids, sampled, strict=True))
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works
 

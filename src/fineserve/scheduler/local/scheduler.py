@@ -206,12 +206,14 @@ class LocalScheduler(SchedulerState):
                 return 1
             k = min(k, cols.left)
             if not horizon_pages and k > 1:
+                # tokens each decode's pages still hold: pages * tokens_per_page - position
                 t = self.pages.tokens_per_page[batch.model]
-                room = map(sub, map(_capacity, batch.page_tables, repeat(t)), batch.positions)
-                k = min(k, min(room))
+                held = map(t.__mul__, map(len, batch.page_tables))
+                k = min(k, min(map(sub, held, batch.positions)))
         while k > 1 and not self._limits_hold(plan, ctx, k):
             k //= 2
-        if k > 1 and not self._reserve_horizon(plan, k, lane):
+        # (without `horizon_pages` the decodes hold every page of the k iterations already)
+        if k > 1 and horizon_pages and not self._reserve_horizon(plan, k, lane):
             return 1
         return k
 
@@ -709,11 +711,6 @@ class LocalScheduler(SchedulerState):
         by_model = self.stats.preemptions_by_model
         by_model[seq.model] = by_model.get(seq.model, 0) + 1
         plan.preempted.append(seq.request_id)
-
-
-def _capacity(table: list[int], tokens_per_page: int) -> int:
-    """Tokens a page table holds."""
-    return len(table) * tokens_per_page
 
 
 def _chunk(seq: Sequence, n: int) -> list[int]:

@@ -304,7 +304,7 @@ class SchedulerState:
                 self._feed(model, seqs, ids, result.tokens, now)
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
                 if idx is None:  # a new list: the plan keeps the old one
-                    cols.positions = [p + steps for p in cols.positions]
+                    cols.positions = list(map(steps.__add__, cols.positions))
                     cols.shift += steps
                 else:
                     cols.edges = None

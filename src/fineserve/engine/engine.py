@@ -72,15 +72,17 @@ class Engine:
         models: frozenset[str] | None = None,
         max_steps: int = 1,
         horizon_pages: bool = True,
+        margin: bool = True,
     ) -> StepPlan:
         """Plan a step over `models` (default: every model, with no plan in flight). Raises
         `RuntimeError` when one of the models already has a plan in flight. `max_steps > 1`
         allows a multi-step decode plan (`StepPlan.num_steps`; the simulator's horizon);
         `horizon_pages` False keeps it within the pages its sequences already hold (no page
-        is reserved early)."""
+        is reserved early); `margin` False takes pages early only where the allocator
+        guarantees the single steps' grants (`LocalScheduler.schedule`)."""
         if models is None and self._plans:
             raise RuntimeError(f"step {min(self._plans)} has not been finished")
-        plan = self.scheduler.schedule(now, models, max_steps, horizon_pages)
+        plan = self.scheduler.schedule(now, models, max_steps, horizon_pages, margin)
         self._plans[plan.step_id] = plan
         return plan
 

@@ -84,6 +84,8 @@ class SimLane:
     horizon: Activity | None = None  # the activity of a one-batch multi-step plan in flight
     iterations: list[list[tuple[float, float]]] | None = None  # a multi-batch one's, in flight
     at: int = 0  # the iteration of `iterations` running
+    stepped: bool = False  # `iterations` stand for single steps (see `ClusterSim.step_runs`)
+    boundary: bool = False  # a stepped run between two iterations, within `_complete`
 
     @property
     def spanning(self) -> bool:
@@ -107,6 +109,7 @@ class SimEngine:
     gpus: frozenset[int] = frozenset()
     lanes: list[SimLane] = field(default_factory=list)
     lane_of: dict[str, SimLane] = field(default_factory=dict)
+    solo: bool = False  # see `make_lanes`
 
     def make_lanes(self, per_model: bool) -> None:
         """One lane per served model (`per_model`), else one whole-engine lane."""
@@ -118,6 +121,12 @@ class SimEngine:
         for lane in self.lanes:
             for m in lane.models or self.models:
                 self.lane_of[m] = lane
+        # one lane, whose plans depend on its engine's state and arrivals only: no other
+        # engine's plan can change the pages its models may get
+        alloc = self.allocator
+        self.solo = len(self.lanes) == 1 and (
+            alloc.isolated_models or set(alloc.model_names) <= set(self.models)
+        )
 
 
 @dataclass
@@ -139,6 +148,12 @@ class ClusterSim:
     #: not planned again at its group's events; its empty plan's only effect, ending the
     #: group's horizons, is kept
     skip_parked: ClassVar[bool] = True
+    #: exact shortcut (tests turn it off): a solo lane (`SimEngine.solo`) kept to single steps
+    #: only by other lanes of its group idle with work asks for a multi-step plan anyway and
+    #: runs it as those single steps would run: one activity per iteration (the same events
+    #: and floats), the engine not called between them while single steps would still be
+    #: planned alike (no other lane of the group can change its plans; see `_step_on`)
+    step_runs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -328,6 +343,9 @@ class ClusterSim:
             group.advance(t)
             if self._start(lane, t):
                 self._push(group)
+        elif lane.stepped:  # single steps: the next one takes the request
+            if lane.spanning:
+                self._cut(lane)  # (the group is left as single steps leave it)
         elif lane.spanning:  # its next plan takes the request: end the horizon
             group.advance(t)
             self._cut(lane)
@@ -354,7 +372,7 @@ class ClusterSim:
         cut = False
         for eng in self._on_group[id(group)]:
             for lane in eng.lanes:
-                if lane.spanning:
+                if lane.spanning and not lane.stepped:  # a stepped run is single steps
                     self._cut(lane)
                     cut = True
         if cut:
@@ -364,8 +382,17 @@ class ClusterSim:
         """Begin a step of an idle lane; True if it put work on its group."""
         eng = lane.eng
         engine = eng.engine
-        max_steps = self.max_steps if self._may_span(lane) else 1
-        plan: StepPlan = engine.begin_step(now, lane.models, max_steps, not eng.map_cost_s)
+        max_steps, stepped = 1, False
+        if self._may_plan_ahead():
+            if not self._others_idle_with_work(lane):
+                max_steps = self.max_steps
+            elif self.step_runs and eng.solo:
+                max_steps, stepped = self.max_steps, True
+        # a stepped run stands for single steps: it takes pages early only where the
+        # allocator guarantees their grants
+        plan: StepPlan = engine.begin_step(
+            now, lane.models, max_steps, not eng.map_cost_s, not stepped
+        )
         if plan.empty:
             self._collect(eng, engine.finish_step(StepResult(plan.step_id, {}, 0.0), now), now)
             if engine.has_work(lane.models):
@@ -374,13 +401,14 @@ class ClusterSim:
         group = eng.group
         lane.result = None
         lane.iterations = None
+        lane.stepped = stepped and plan.num_steps > 1
         limit_s = math.inf
         if plan.num_steps > 1:
             # iterations that would start after the lane's next arrival (or the end) are cut
             due = [d[-1] for m in lane.models or eng.models if (d := self._due.get(m))]
             limit_s = min(due, default=math.inf)
             limit_s = min(limit_s, self._horizon_s) - now
-        if plan.num_steps > 1 and len(plan.batches) == 1:
+        if plan.num_steps > 1 and len(plan.batches) == 1 and not lane.stepped:
             result, marks = self.coster.run_steps(plan, limit_s)
             extra = self._map_cost(eng)
             act = Activity(marks[-1] + extra, 0.0, lane, eng.gpus, marks=[m + extra for m in marks])
@@ -411,14 +439,24 @@ class ClusterSim:
         """Whether the lane may ask for a multi-step plan: tokens need no times of their own
         and no other lane of its group is idle with work. (An engine with a map cost asks
         for one that takes no page early: see the module docstring.)"""
-        eng = lane.eng
-        if self.max_steps < 2 or self.book.token_times:
-            return False
-        for other in self._on_group[id(eng.group)]:
+        return self._may_plan_ahead() and not self._others_idle_with_work(lane)
+
+    def _may_plan_ahead(self) -> bool:
+        """Multi-step plans are on and tokens need no times of their own."""
+        return self.max_steps >= 2 and not self.book.token_times
+
+    def _others_idle_with_work(self, lane: SimLane) -> bool:
+        """Whether another lane of the lane's group is idle with work (a stepped run
+        between two iterations counts as idle: single steps would be)."""
+        for other in self._on_group[id(lane.eng.group)]:
             for ln in other.lanes:
-                if ln is not lane and ln.result is None and other.engine.has_work(ln.models):
-                    return False
-        return True
+                if (
+                    ln is not lane
+                    and (ln.result is None or ln.boundary)
+                    and other.engine.has_work(ln.models)
+                ):
+                    return True
+        return False
 
     def _map_cost(self, eng: SimEngine) -> float:
         """Seconds of page (un)mapping done for this engine's models since its last step
@@ -437,21 +475,46 @@ class ClusterSim:
             assert isinstance(lane, SimLane)
             lane.left -= 1
             if lane.left == 0 and lane.spanning and lane.horizon is None:
-                self._next_iteration(lane)
+                if lane.stepped:
+                    lane.boundary = True  # idle for the loop below, until its turn
+                else:
+                    self._next_iteration(lane)
             elif lane.left == 0:
-                lane.horizon = lane.iterations = None
-                result, lane.result = lane.result, None
-                assert result is not None
-                self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
+                self._finish_lane(lane, now)
         for eng in self._on_group[id(group)]:
             engine = eng.engine
             for lane in eng.lanes:
-                if lane.result is None and engine.has_work(lane.models):
+                if lane.boundary:
+                    self._step_on(lane, now)
+                elif lane.result is None and engine.has_work(lane.models):
                     if self.skip_parked and engine.parked(lane.models):
                         self._cut_group(group)  # all its empty plan would have done
                     else:
                         self._start(lane, now)
         self._push(group)
+
+    def _finish_lane(self, lane: SimLane, now: float) -> None:
+        """Apply the lane's plan in flight (its iterations run) and collect the outputs."""
+        lane.horizon = lane.iterations = None
+        lane.stepped = False
+        result, lane.result = lane.result, None
+        assert result is not None
+        self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
+
+    def _step_on(self, lane: SimLane, now: float) -> None:
+        """A stepped run between two iterations, at its turn among the group's lanes:
+        single steps would plan the lane now, asking for a multi-step plan if no other lane
+        of the group is idle with work. If so, end the run here and plan it (as they
+        would); else they would plan the same single step (a solo lane's plans depend on
+        its engine's state and arrivals only, and an arrival ends the run): start the next
+        iteration."""
+        lane.boundary = False
+        if self._others_idle_with_work(lane):
+            self._next_iteration(lane)
+            return
+        self._cut(lane)
+        self._finish_lane(lane, now)
+        self._start(lane, now)
 
     def _next_iteration(self, lane: SimLane) -> None:
         """Start the next iteration of the lane's multi-batch multi-step plan."""

@@ -83,6 +83,7 @@ class LocalScheduler(SchedulerState):
         models: frozenset[str] | None = None,
         max_steps: int = 1,
         horizon_pages: bool = True,
+        margin: bool = True,
     ) -> StepPlan:
         """Plan one step at time `now` over `models` (default: every model; see the module
         docstring). Plans over disjoint model sets may be in flight at once (step lanes): each
@@ -92,7 +93,9 @@ class LocalScheduler(SchedulerState):
         `max_steps > 1` allows a multi-step plan (`StepPlan.num_steps`, see `_horizon`): up to
         that many decode iterations of the same batch, planned and applied at once;
         `horizon_pages` False: no more iterations than the decodes' pages hold after this
-        step's grants (the plan reserves no page early)."""
+        step's grants (the plan reserves no page early); `margin` False: pages are taken
+        early only when the allocator guarantees the single steps' grants (see
+        `_reserve_horizon`), never on the free-fraction margin alone."""
         if models is None:
             lane_models = self._all_models
         else:
@@ -135,7 +138,7 @@ class LocalScheduler(SchedulerState):
                     if batch is not None and batch.request_ids:
                         plan.batches.append(batch)
             if max_steps > 1:
-                plan.num_steps = self._horizon(plan, lane, ctx, max_steps, horizon_pages)
+                plan.num_steps = self._horizon(plan, lane, ctx, max_steps, horizon_pages, margin)
         self._lanes[lane.step_id] = lane
         for m in lane_models:
             self._busy[m] = lane
@@ -182,6 +185,7 @@ class LocalScheduler(SchedulerState):
         ctx: PolicyContext,
         max_steps: int,
         horizon_pages: bool = True,
+        margin: bool = True,
     ) -> int:
         """How many decode iterations `plan` may stand for (1: an ordinary step), reserving
         the pages of the extra ones. More than 1 only when the plan is the same for each of
@@ -213,7 +217,7 @@ class LocalScheduler(SchedulerState):
         while k > 1 and not self._limits_hold(plan, ctx, k):
             k //= 2
         # (without `horizon_pages` the decodes hold every page of the k iterations already)
-        if k > 1 and horizon_pages and not self._reserve_horizon(plan, k, lane):
+        if k > 1 and horizon_pages and not self._reserve_horizon(plan, k, lane, margin):
             return 1
         return k
 
@@ -246,13 +250,16 @@ class LocalScheduler(SchedulerState):
                 return False
         return True
 
-    def _reserve_horizon(self, plan: StepPlan, k: int, lane: Lane | None = None) -> bool:
+    def _reserve_horizon(
+        self, plan: StepPlan, k: int, lane: Lane | None = None, margin: bool = True
+    ) -> bool:
         """Give every decode of `plan` the pages for k iterations, if memory is ample
         (`horizon_free_fraction`), or if the allocator guarantees the grants of the k single
         steps in any order (`grants_in_pieces`) when nothing else can allocate or free in it
         meanwhile: its available pages never grow on allocation (`monotone_available`) and
         `lane` has all its models, with no request admitted during the plan (none waits, or
-        `_blocked`), so single steps would make exactly these grants, all granted."""
+        `_blocked`), so single steps would make exactly these grants, all granted. Without
+        `margin` only that guarantee counts."""
         alloc = self.pages.allocator
         needs: dict[str, list[int]] = {}
         for batch in plan.batches:
@@ -270,6 +277,8 @@ class LocalScheduler(SchedulerState):
             and lane.models.issuperset(alloc.model_names)
             and alloc.grants_in_pieces({m: sum(n) for m, n in needs.items()})
         ):
+            if not margin:
+                return False
             for m in alloc.model_names:
                 free = alloc.available_pages(m)
                 if free - sum(needs.get(m, ())) < frac * (free + alloc.used_pages(m)):

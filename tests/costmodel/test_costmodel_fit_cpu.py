@@ -107,3 +107,28 @@ def test_reweighting_removes_the_low_bias_of_relative_weights() -> None:
     exact = np.array([[1.0, 2.0], [1.0, 5.0], [1.0, 9.0]])
     target = exact @ np.array([0.5, 0.25])
     assert nnls_reweighted(exact, target) == pytest.approx([0.5, 0.25])
+
+
+def test_padded_decode_counts_every_sequence_at_the_longest_context() -> None:
+    padded = TableCostModel({KEY: fit_instance(_rows(), piecewise_decode=True, padded_decode=True)})
+    summed = TableCostModel({KEY: fit_instance(_rows(), piecewise_decode=True)})
+    uneven, even = BatchShape(decode_context=(10, 100)), BatchShape(decode_context=(100, 100))
+    assert padded.step_time(KEY, uneven) == padded.step_time(KEY, even)
+    assert summed.step_time(KEY, uneven) < summed.step_time(KEY, even)
+    assert padded.step_time(KEY, even) == summed.step_time(KEY, even)  # same fit, same rows
+    contexts = (10, 100, 37)
+    fast = padded.decode_step_times(KEY, contexts, 4)
+    plain = [
+        padded.step_time(KEY, BatchShape(decode_context=tuple(c + j for c in contexts)))
+        for j in range(4)
+    ]
+    assert fast == plain  # the same floats
+    mixed = BatchShape(prefill=((32, 0),), decode_context=(10, 100))
+    assert padded.step_time(KEY, mixed) > summed.step_time(KEY, mixed)
+    c = padded.coeffs(KEY)
+    assert _coeffs_from_json(json.loads(json.dumps(_coeffs_to_json(c)))).decode_padded
+    linear_padded = TableCostModel({KEY: fit_instance(_rows(), padded_decode=True)})
+    assert linear_padded.decode_step_times(KEY, contexts, 3) == [
+        linear_padded.step_time(KEY, BatchShape(decode_context=tuple(x + j for x in contexts)))
+        for j in range(3)
+    ]

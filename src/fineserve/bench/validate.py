@@ -112,13 +112,13 @@ def _profile(
 
 def _table(rows: list[dict[str, Any]], path: Path) -> Any:
     """`TableCostModel` fitted to `rows` (written to `path` first, as `fineserve profile`),
-    with the CPU fit options: decode piecewise in the batch size, weights from the fit
-    (`costmodel.fit`)."""
+    with the CPU fit options: decode piecewise in the batch size, weights from the fit, decode
+    attention padded to the batch's longest context (`costmodel.fit`)."""
     from fineserve.costmodel.profile import write_profile
     from fineserve.costmodel.table import TableCostModel
 
     write_profile(path, rows)
-    return TableCostModel.from_csv(path, piecewise_decode=True, reweight=True)
+    return TableCostModel.from_csv(path, piecewise_decode=True, reweight=True, padded_decode=True)
 
 
 def workload(n: int, rate: float, seed: int) -> list[SimRequest]:

@@ -14,6 +14,11 @@ Per instance (model, qformat, tp), from the rows with mps_percentage = 100:
   profiled batch sizes (E = 0 at the smallest, non-decreasing, extended past the largest with
   the last segment's slope): ``StepCoeffs.decode_knots``.
 
+``padded_decode`` (CPU tables): the context term of a decode batch is f * seqs * max(context)
+instead of f * sum(context): the CPU engine's batched decode attention gathers every sequence's
+pages up to the longest context (profile rows, whose sequences share one context, cannot tell
+the two apart, so this is a property of the engine, not fitted).
+
 ``reweight`` (CPU tables): weights 1/fitted instead of 1/measured, iterated. Weighting by the
 measured time favours rows measured low, which biases a fit to noisy rows low by about the
 rows' relative variance (5-10% for CPU rows scattered by 20-30%); weights from the fit itself
@@ -50,6 +55,9 @@ class StepCoeffs:
     # (batch size, seconds) knots of a piecewise-linear batch term E replacing e * seqs (e is
     # then 0); empty: the linear term (see `decode_batch_cost`)
     decode_knots: tuple[tuple[int, float], ...] = ()
+    # True: the context term is f * seqs * max(context) (an engine that pads a decode batch to
+    # its longest context, as the CPU engine's batched decode attention does), not f * sum
+    decode_padded: bool = False
     prefill_err_mean: float = 0.0
     prefill_err_max: float = 0.0
     decode_err_mean: float = 0.0
@@ -82,6 +90,14 @@ def nnls_reweighted(x: np.ndarray, y: np.ndarray, rounds: int = 5) -> np.ndarray
     for _ in range(rounds):
         coef = nnls_relative(x, y, np.maximum(x @ coef, 0.5 * y))
     return coef
+
+
+def decode_context_work(c: StepCoeffs, contexts: Sequence[int]) -> int:
+    """The decode batch's context tokens the attention term counts: sum(contexts), or
+    len * max(contexts) for a padded engine (`StepCoeffs.decode_padded`)."""
+    if c.decode_padded:
+        return len(contexts) * max(contexts) if contexts else 0
+    return sum(contexts)
 
 
 def decode_batch_cost(c: StepCoeffs, seqs: int) -> float:
@@ -156,7 +172,10 @@ def piecewise_decode_features(batch: int, mean_ctx: float, knots: Sequence[int])
 
 
 def fit_instance(
-    rows: Sequence[ProfileRow], piecewise_decode: bool = False, reweight: bool = False
+    rows: Sequence[ProfileRow],
+    piecewise_decode: bool = False,
+    reweight: bool = False,
+    padded_decode: bool = False,
 ) -> StepCoeffs:
     """Fit one instance's solo rows (callers pass only mps_percentage == 100); options: see
     the module docstring."""
@@ -188,6 +207,7 @@ def fit_instance(
         prefill=(float(pc[0]), float(pc[1]), float(pc[2]), float(pc[3]), knee),
         decode=(float(dc[0]), float(dc[1]), float(dc[2])),
         decode_knots=knots,
+        decode_padded=padded_decode,
         n_rows=len(rows),
         prefill_err_mean=perr[0],
         prefill_err_max=perr[1],
@@ -197,7 +217,10 @@ def fit_instance(
 
 
 def fit_profile(
-    rows: Sequence[ProfileRow], piecewise_decode: bool = False, reweight: bool = False
+    rows: Sequence[ProfileRow],
+    piecewise_decode: bool = False,
+    reweight: bool = False,
+    padded_decode: bool = False,
 ) -> dict[InstanceKey, StepCoeffs]:
     """Coefficients per instance from the solo (mps_percentage >= 100) rows (options: see
     the module docstring; the committed H100 fit uses neither)."""
@@ -206,7 +229,7 @@ def fit_profile(
         if r.mps_percentage >= 100:
             groups.setdefault(r.key, []).append(r)
     return {
-        k: fit_instance(v, piecewise_decode, reweight)
+        k: fit_instance(v, piecewise_decode, reweight, padded_decode)
         for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))
     }
 

@@ -6,7 +6,8 @@ step_time = max(a [if prefill], d [if decode]) + b*prefill_tokens + c*attention_
 (coefficients from :mod:`fineserve.costmodel.fit`; all >= 0, so the cost is monotone in
 tokens, sequences and context, and linear beyond the profiled grid; a CPU table fitted with
 ``piecewise_decode`` has a piecewise-linear, non-decreasing E(decode_seqs) instead of
-e*decode_seqs, ``StepCoeffs.decode_knots``), plus ``m`` when the step
+e*decode_seqs, ``StepCoeffs.decode_knots``, and with ``padded_decode`` f*decode_seqs*max(context)
+instead of f*sum(decode_context), ``StepCoeffs.decode_padded``), plus ``m`` when the step
 has both prefill and decode work: the fixed cost a mixed step pays beyond the larger of the two
 fixed terms (on the CPU engine both attention paths run in every layer). ``m`` >= 0 is
 measured only from profile rows with ``mixed_time`` (``fit_mixed_extra``); the H100 profile has
@@ -26,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey, InterferenceModel
-from fineserve.costmodel.fit import StepCoeffs, decode_batch_cost, fit_interference, fit_profile
+from fineserve.costmodel.fit import (
+    StepCoeffs,
+    decode_batch_cost,
+    decode_context_work,
+    fit_interference,
+    fit_profile,
+)
 from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, ProfileRow, read_profile
 from fineserve.workload.data import find_data_file
 
@@ -63,12 +70,16 @@ class TableCostModel(CostModelHelpers):
 
     @classmethod
     def from_csv(
-        cls, path: Path, piecewise_decode: bool = False, reweight: bool = False
+        cls,
+        path: Path,
+        piecewise_decode: bool = False,
+        reweight: bool = False,
+        padded_decode: bool = False,
     ) -> TableCostModel:
         """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now (options:
         `fit.fit_profile`)."""
         rows = read_profile(path)
-        coeffs = fit_profile(rows, piecewise_decode, reweight)
+        coeffs = fit_profile(rows, piecewise_decode, reweight, padded_decode)
         mixed = fit_mixed_extra(rows, coeffs)
         return cls(coeffs, fit_interference(rows), source=str(path), mixed_extra=mixed)
 
@@ -134,8 +145,8 @@ class TableCostModel(CostModelHelpers):
                 return 0.0
             c, base = self._decode_consts(key)
             _, e, f = c.decode
-            if c.decode_knots:
-                return base + decode_batch_cost(c, len(ctx)) + f * sum(ctx)
+            if c.decode_knots or c.decode_padded:
+                return base + decode_batch_cost(c, len(ctx)) + f * decode_context_work(c, ctx)
             return base + e * len(ctx) + f * sum(ctx)
         tokens = batch.prefill_tokens
         ctx = batch.decode_context
@@ -148,8 +159,8 @@ class TableCostModel(CostModelHelpers):
         if has_p and has_d and self._mixed:
             fixed += self.mixed_extra(key)
         t = fixed + _prefill_cost(c, tokens, batch.attention_pairs)
-        if c.decode_knots:
-            return t + decode_batch_cost(c, len(ctx)) + f * sum(ctx)
+        if c.decode_knots or c.decode_padded:
+            return t + decode_batch_cost(c, len(ctx)) + f * decode_context_work(c, ctx)
         return t + e * len(ctx) + f * sum(ctx)
 
     def _decode_consts(self, key: InstanceKey) -> tuple[StepCoeffs, float]:
@@ -173,14 +184,15 @@ class TableCostModel(CostModelHelpers):
         c, base = self._decode_consts(key)
         _, e, f = c.decode
         t = base + (decode_batch_cost(c, n) if c.decode_knots else e * n)
-        s = sum(contexts)
+        s = decode_context_work(c, contexts)  # padded: n * max, and + n * j stays exact
         return [t + f * (s + n * j) for j in range(k)]
 
     def prefill_fraction(self, key: InstanceKey, batch: BatchShape) -> float:
         """Share of the step's variable cost due to prefill (for interference)."""
         c = self.coeffs(key)
         p = _prefill_variable(c, batch)
-        dd = decode_batch_cost(c, batch.num_decode) + c.decode[2] * batch.decode_context_sum
+        ctx = batch.decode_context
+        dd = decode_batch_cost(c, len(ctx)) + c.decode[2] * decode_context_work(c, ctx)
         return p / (p + dd) if p + dd > 0 else 0.0
 
 
@@ -229,6 +241,7 @@ def _coeffs_from_json(e: Mapping[str, Any]) -> StepCoeffs:
         prefill=tuple(float(v) for v in e["prefill"]),  # type: ignore[arg-type]
         decode=tuple(float(v) for v in e["decode"]),  # type: ignore[arg-type]
         decode_knots=tuple((int(b), float(v)) for b, v in e.get("decode_knots", ())),
+        decode_padded=bool(e.get("decode_padded", False)),
         n_rows=int(e.get("n_rows", 0)),
         prefill_err_mean=float(e.get("prefill_err_mean", 0.0)),
         prefill_err_max=float(e.get("prefill_err_max", 0.0)),
@@ -268,6 +281,7 @@ def _coeffs_to_json(c: StepCoeffs) -> dict[str, Any]:
         "prefill": [float(f"{v:.6g}") for v in c.prefill],
         "decode": [float(f"{v:.6g}") for v in c.decode],
         **(knots if c.decode_knots else {}),
+        **({"decode_padded": True} if c.decode_padded else {}),
         "n_rows": c.n_rows,
         "prefill_err_mean": round(c.prefill_err_mean, 4),
         "prefill_err_max": round(c.prefill_err_max, 4),

@@ -18,7 +18,9 @@ straightforward version, so which unit is "fullest" among equals never depends o
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
+from itertools import groupby, repeat
 
 from fineserve.memory.errors import DoubleFreeError
 
@@ -141,23 +143,35 @@ class ModelPool:
 
     def give_back(self, pages: list[int]) -> list[int]:
         """Return owned pages to their units; returns the units that became empty. The caller
-        checked that `pages` are owned and distinct."""
+        checked that `pages` are owned and distinct.
+
+        Page by page, a unit with k free pages moves from bucket k to bucket k + 1. A run of
+        m consecutive pages of one unit is applied at once with the same operations on every
+        bucket, in the same order per bucket (the only order a set's state depends on):
+        bucket k loses the unit, each of buckets k+1 .. k+m-1 gains then loses it, bucket
+        k + m gains it; the unit's free list is extended in page order, and it can only
+        become empty at the run's last page (each page of the run is one it holds)."""
         emptied: list[int] = []
         by_free = self._by_free
-        page_unit = self.page_unit
         free_of = self.free
         used = self.used
         self.owned.difference_update(pages)
-        for page in pages:
-            unit = page_unit[page]
+        at = 0
+        for unit, run in groupby(map(self.page_unit.__getitem__, pages)):
+            m = len(list(run))
             free = free_of[unit]
             k = len(free)
-            by_free[k].discard(unit)
-            free.append(page)
-            by_free[k + 1].add(unit)
             if not k:
                 self._low = 1
-            left = used[unit] - 1
+            by_free[k].discard(unit)
+            if m > 1:
+                between = by_free[k + 1 : k + m]
+                deque(map(set.add, between, repeat(unit)), 0)
+                deque(map(set.discard, between, repeat(unit)), 0)
+            by_free[k + m].add(unit)
+            free.extend(pages[at : at + m])
+            at += m
+            left = used[unit] - m
             used[unit] = left
             if left == 0:
                 self.empty.add(unit)

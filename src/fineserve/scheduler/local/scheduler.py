@@ -62,6 +62,9 @@ class LocalScheduler(SchedulerState):
         self.predictor = Predictor(cost_model, self.models, self.config.token_budget)
         self._step_id = 0
         self._all_models = frozenset(self.models)
+        self._names = list(self.models)  # the served models, in order (a whole-engine lane)
+        # the policy never limits decodes (`Policy.decode_limit`: every one runs)
+        self._all_decodes_run = type(self.policy).decode_limit is Policy.decode_limit
         self._all_lane = True  # the plan being built covers every model
         # during a prefill pass: per model [running count, available pages or None], valid
         # until the pass changes running sequences or pages (then cleared); None outside one
@@ -103,15 +106,15 @@ class LocalScheduler(SchedulerState):
             unknown = lane_models - self._all_models
             if unknown:
                 raise ValueError(f"unknown models {sorted(unknown)}; serving {sorted(self.models)}")
-        busy = [m for m in lane_models if m in self._busy]
-        if busy:
+        if self._busy and not self._busy.keys().isdisjoint(lane_models):
+            busy = [m for m in lane_models if m in self._busy]
             steps = sorted({self._busy[m].step_id for m in busy})
             raise RuntimeError(f"models {sorted(busy)} are in step {steps}, not finished yet")
         self._step_id += 1
         self.stats.steps += 1
         lane = Lane(self._step_id, lane_models)
         released: list[str] = []
-        names = [m for m in self.models if m in lane_models]
+        names = self._names if models is None else [m for m in self.models if m in lane_models]
         for m in names:
             if self._released[m]:
                 released += self._released[m]
@@ -241,7 +244,10 @@ class LocalScheduler(SchedulerState):
         return alloc.isolated_models or lane.models.issuperset(alloc.model_names)
 
     def _limits_hold(self, plan: StepPlan, ctx: PolicyContext, k: int) -> bool:
-        """Whether the policy runs every decode of `plan` also in its k-th iteration."""
+        """Whether the policy runs every decode of `plan` also in its k-th iteration (always,
+        for a policy that keeps `Policy.decode_limit`: every decode runs)."""
+        if self._all_decodes_run:
+            return True
         for batch in plan.batches:
             contexts = [p + k - 1 for p in batch.positions]
             ctx.decode_contexts[batch.model] = contexts
@@ -405,18 +411,19 @@ class LocalScheduler(SchedulerState):
                         and seqs[i].num_computed < len(seqs[i].pages) * t
                     ]
         lane.decode_idx[model] = idx
-        if idx is None:  # every decode, in column order (see `DecodeCols` on sharing)
+        if idx is None:  # every decode, in column order: the columns that are replaced,
+            # never changed in place, are shared (see `DecodeCols`); positions are copied
             lane.decode_seqs[model] = seqs
             lane.all_decodes.add(model)
             return ModelBatch(
                 model,
                 key,
-                cols.request_ids[:],
+                cols.request_ids,
                 list(map(_last, cols.tokens)),
                 pos[:],
-                cols.page_tables[:],
+                cols.page_tables,
                 [True] * n,
-                cols.sampling[:],
+                cols.sampling,
                 list(map(sub, pos, cols.num_prompt)),
             )
         lane.decode_seqs[model] = [seqs[i] for i in idx]

@@ -85,7 +85,9 @@ class SimLane:
     iterations: list[list[tuple[float, float]]] | None = None  # a multi-batch one's, in flight
     at: int = 0  # the iteration of `iterations` running
     stepped: bool = False  # `iterations` stand for single steps (see `ClusterSim.step_runs`)
-    boundary: bool = False  # a stepped run between two iterations, within `_complete`
+    boundary: bool = False  # a stepped run or a chain between two plans, within `_complete`
+    chained: bool = False  # its plan may be extended (see `ClusterSim.chains`)
+    done: int = 0  # iterations of a chain's plans before the one in flight
 
     @property
     def spanning(self) -> bool:
@@ -154,6 +156,13 @@ class ClusterSim:
     #: and floats), the engine not called between them while single steps would still be
     #: planned alike (no other lane of the group can change its plans; see `_step_on`)
     step_runs: ClassVar[bool] = True
+    #: exact shortcut (tests turn it off): where single steps take no page early (an engine
+    #: with map costs), a lane's plan is extended by the plans single steps would make next
+    #: (`Engine.extend_step`: the same page grants at the same event, the same iterations)
+    #: while nothing but its decodes goes on; each such plan is costed and run as its own
+    #: activity at its own start, exactly as single steps would, but the engine applies
+    #: their tokens once, when the chain ends
+    chains: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -279,18 +288,19 @@ class ClusterSim:
         for eng in self.engines:
             for lane in eng.lanes:
                 result, act = lane.result, lane.horizon
-                if result is None or (act is None and lane.iterations is None):
+                if result is None or (act is None and lane.iterations is None and not lane.done):
                     continue
                 if act is not None:
                     assert act.marks is not None
                     done = act.marks[-1] - act.remaining + (end - eng.group.last_t) * act.rate
                     steps = sum(1 for mark in act.marks if mark <= done + EPS)
-                else:
+                elif lane.iterations is not None:
                     steps = lane.at
-                if steps:
+                else:
+                    steps = 0  # a chain's single step in flight: not applied yet
+                if steps or lane.done:
                     result.num_steps = steps
-                    lane.result = lane.horizon = lane.iterations = None
-                    self._collect(eng, eng.engine.finish_step(result, end), end)
+                    self._finish_lane(lane, end)
 
     def _settle_unfinished(self) -> None:
         """Without per-token times requests do not stream (their tokens come with their final
@@ -402,6 +412,8 @@ class ClusterSim:
         lane.result = None
         lane.iterations = None
         lane.stepped = stepped and plan.num_steps > 1
+        lane.chained = self.chains and bool(eng.map_cost_s) and not lane.stepped
+        lane.done = 0
         limit_s = math.inf
         if plan.num_steps > 1:
             # iterations that would start after the lane's next arrival (or the end) are cut
@@ -480,12 +492,18 @@ class ClusterSim:
                 else:
                     self._next_iteration(lane)
             elif lane.left == 0:
-                self._finish_lane(lane, now)
+                if lane.chained and self._fold(lane):
+                    lane.boundary = True  # idle for the loop below, until its turn
+                else:
+                    self._finish_lane(lane, now)
         for eng in self._on_group[id(group)]:
             engine = eng.engine
             for lane in eng.lanes:
                 if lane.boundary:
-                    self._step_on(lane, now)
+                    if lane.stepped:
+                        self._step_on(lane, now)
+                    else:
+                        self._chain_on(lane, now)
                 elif lane.result is None and engine.has_work(lane.models):
                     if self.skip_parked and engine.parked(lane.models):
                         self._cut_group(group)  # all its empty plan would have done
@@ -493,13 +511,71 @@ class ClusterSim:
                         self._start(lane, now)
         self._push(group)
 
-    def _finish_lane(self, lane: SimLane, now: float) -> None:
-        """Apply the lane's plan in flight (its iterations run) and collect the outputs."""
+    def _finish_lane(self, lane: SimLane, now: float, folded: bool = False) -> None:
+        """Apply the lane's plan in flight (its iterations run) and collect the outputs. A
+        chain's result stands for all its iterations (`folded`: the last plan's are counted
+        in `done` already)."""
         lane.horizon = lane.iterations = None
         lane.stepped = False
         result, lane.result = lane.result, None
         assert result is not None
+        if lane.done:
+            steps = lane.done if folded else lane.done + result.num_steps
+            engine = lane.eng.engine
+            plan = engine.plan_in_flight(result.step_id)
+            lists = self.coster.token_lists(plan, steps)
+            result = StepResult(result.step_id, {}, 0.0, num_steps=steps, token_lists=lists)
+            lane.done = 0
         self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
+
+    def _fold(self, lane: SimLane) -> bool:
+        """At the end of a chained lane's plan: if single steps would plan its batch going on
+        (`Engine.may_extend`), count its iterations into `done` and keep the engine's plan
+        in flight (True); else False (finish it now, as single steps would)."""
+        result = lane.result
+        assert result is not None
+        done = lane.done + result.num_steps
+        if not lane.eng.engine.may_extend(result.step_id, done):
+            return False
+        lane.done = done
+        lane.horizon = None
+        return True
+
+    def _chain_on(self, lane: SimLane, now: float) -> None:
+        """A chain between two plans, at its turn among the group's lanes (where single
+        steps would plan it): extend the engine's plan by the plan single steps would make
+        (the same `max_steps`, grants and iterations), cost and start it as `_start` would;
+        if that plan would differ, finish the chain here and plan the lane."""
+        lane.boundary = False
+        eng = lane.eng
+        engine = eng.engine
+        result = lane.result
+        assert result is not None
+        max_steps = self.max_steps if self._may_span(lane) else 1
+        k = engine.extend_step(result.step_id, lane.done, max_steps)
+        if not k:
+            self._finish_lane(lane, now, folded=True)
+            self._start(lane, now)
+            return
+        batch = engine.plan_in_flight(result.step_id).batches[0]
+        positions = [p + lane.done for p in batch.positions]
+        if k > 1:  # as a multi-step plan of one batch (`_start`, `BatchCoster.run_steps`)
+            due = [d[-1] for m in lane.models or eng.models if (d := self._due.get(m))]
+            limit_s = min(min(due, default=math.inf), self._horizon_s) - now
+            marks = self.coster.segment_marks(batch.key, positions, k, limit_s)
+            extra = self._map_cost(eng)
+            act = Activity(marks[-1] + extra, 0.0, lane, eng.gpus, marks=[m + extra for m in marks])
+            lane.horizon = act
+            steps = len(marks)
+        else:  # as a single step (`BatchCoster.run`: a decode batch's fraction is 0)
+            work = self.coster.decode_time(batch.key, positions)
+            extra = self._map_cost(eng)
+            act = Activity(work + extra, 0.0, lane, eng.gpus)
+            steps = 1
+        lane.result = StepResult(result.step_id, {}, 0.0, num_steps=steps)
+        self.stats.steps += steps
+        lane.left = 1
+        eng.group.add(act)
 
     def _step_on(self, lane: SimLane, now: float) -> None:
         """A stepped run between two iterations, at its turn among the group's lanes:

@@ -118,11 +118,22 @@ class BatchCoster:
         [(work_s, prefill_fraction 0)] of each batch). Only the iterations that start within
         `limit_s` of solo time run (`result.num_steps`; at least one): the later ones could
         not start before it (no batch runs faster than alone)."""
-        k = plan.num_steps
+        batches = [(b.key, b.positions) for b in plan.batches]
+        per_batch, longests, k = self.iteration_times(batches, plan.num_steps, limit_s)
+        iterations = [[(times[j], 0.0) for times in per_batch] for j in range(k)]
+        lists = self.token_lists(plan, k)
+        longest = sum(longests[:k])
+        return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
+
+    def iteration_times(
+        self, batches: list[tuple[InstanceKey, list[int]]], k: int, limit_s: float = math.inf
+    ) -> tuple[list[list[float]], list[float], int]:
+        """(per batch its k decode iterations' solo times, each iteration's longest batch,
+        the iterations that start within `limit_s` of solo time: at least one). `batches`:
+        (key, contexts at the first iteration) of each batch."""
         # every batch's k iteration times in one pass each (a shorter run uses a prefix)
-        per_batch = [self.decode_times(b.key)(b.positions, k) for b in plan.batches]
-        # each iteration's longest batch (one batch: its own time), while iterations start
-        # within `limit_s`
+        per_batch = [self.decode_times(key)(positions, k) for key, positions in batches]
+        # each iteration's longest batch (one batch: its own time)
         longests = per_batch[0] if len(per_batch) == 1 else list(map(max, *per_batch))
         start = 0.0
         n = 0
@@ -131,23 +142,42 @@ class BatchCoster:
                 break
             n += 1
             start += w
-        k = n
-        iterations = [[(times[j], 0.0) for times in per_batch] for j in range(k)]
+        return per_batch, longests, n
+
+    def token_lists(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
+        """The tokens each decode of a decode-only `plan` samples in k iterations: at
+        position p + 1 + j in iteration j (`token`)."""
         lists: dict[str, list[int]] = {}
-        token, vocab, crcs = self.token, self.vocab_size, self._crc
+        vocab, crcs = self.vocab_size, self._crc
         step = 7919 * k
         for batch in plan.batches:
-            positions = batch.positions
-            for rid, p in zip(batch.request_ids, positions, strict=True):
+            for rid, p in zip(batch.request_ids, batch.positions, strict=True):
                 crc = crcs.get(rid)
                 if crc is None:
-                    token(rid, p)
-                    crc = crcs[rid]
+                    crc = self.crc(rid)
                 # (crc + 7919 * (p + 2 + j)) % vocab for j < k
                 first = crc + 7919 * (p + 2)
                 lists[rid] = list(map(vocab.__rmod__, range(first, first + step, 7919)))
-        longest = sum(longests[:k])
-        return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
+        return lists
+
+    def segment_marks(
+        self, key: InstanceKey, positions: list[int], k: int, limit_s: float = math.inf
+    ) -> list[float]:
+        """The marks `run_steps` gives a one-batch plan of k decode iterations at
+        `positions` (cumulative solo work at each iteration's end, of those that start
+        within `limit_s`): the same floats, without sampling tokens."""
+        per_batch, _, n = self.iteration_times([(key, positions)], k, limit_s)
+        marks: list[float] = []
+        done = 0.0
+        for work in per_batch[0][:n]:
+            done += work
+            marks.append(done)
+        return marks
+
+    def decode_time(self, key: InstanceKey, positions: list[int]) -> float:
+        """`run`'s solo time of one decode-only batch at `positions` (the same float)."""
+        shape = BatchShape(prefill=(), decode_context=tuple(positions))
+        return self.cost_model.step_time(key, shape)
 
 
 DecodeTimes = Callable[[list[int], int], list[float]]

@@ -181,6 +181,71 @@ class LocalScheduler(SchedulerState):
         busy = self._busy  # its plan (or another over its models) still in flight
         return not busy or (models is not None and busy.keys().isdisjoint(models))
 
+    # -- plan chains (a plan extended by the plans single steps would make next) ------------
+    def may_extend(self, plan: StepPlan, done: int) -> bool:
+        """Whether the plan single steps would make after `done` iterations of `plan` (its
+        result not applied) is `plan`'s batch going on, so `extend_plan` may stand for it:
+        one model's decodes only, all of them in column order (plain columns, no rebuild
+        due), the policy running every decode (`Policy.decode_limit`), none ending within
+        the `done` iterations (an end frees pages), the lane holding every model of this
+        scheduler (no other lane could preempt its sequences meanwhile), and nothing else
+        to plan: no request waiting or prefilling, no output pending, none released."""
+        if len(plan.batches) != 1 or not self._all_decodes_run:
+            return False
+        batch = plan.batches[0]
+        model = batch.model
+        lane = self._lanes.get(plan.step_id)
+        if lane is None or batch.num_prefills or lane.models != self._all_models:
+            return False
+        cols = self._cols[model]
+        return (
+            lane.decode_idx.get(model, 0) is None
+            and not lane.aborted
+            and cols.plain
+            and not cols.dirty
+            and cols.left > done
+            and not self.waiting
+            and not self.prefilling
+            and not self._outputs
+            and not self._released[model]
+        )
+
+    def extend_plan(self, plan: StepPlan, done: int, max_steps: int) -> int:
+        """Extend `plan` (`may_extend` said so) by the next plan single steps would make
+        after its `done` iterations, asked for `max_steps` iterations taking no page early
+        (`schedule(..., horizon_pages=False)`); returns its iterations k (0: that plan
+        would differ, nothing done). As that plan would: the decodes whose KV then fills
+        their last page get one page each, in one allocator call, in the same order (0 if
+        the allocator has not that many: single steps would arbitrate), and k is the fewest
+        of `max_steps`, the tokens any decode may still sample and the tokens every decode's
+        pages still hold. `plan.num_steps` becomes `done + k`; the caller applies the
+        iterations run with one result (`StepResult.num_steps` = their total)."""
+        batch = plan.batches[0]
+        model = batch.model
+        cols = self._cols[model]
+        t = self.pages.tokens_per_page[model]
+        pos, tables, seqs = cols.positions, cols.page_tables, cols.seqs
+        if cols.edges is not None:
+            edge: Seqs[int] = cols.edges[-(cols.shift + done) % t]
+        else:
+            edge = [i for i, p in enumerate(pos) if not (p + done) % t]
+        full = [seqs[i] for i in edge if pos[i] + done >= len(tables[i]) * t]
+        if full:
+            alloc = self.pages.allocator
+            if alloc.available_pages(model) < len(full):
+                return 0
+            pages = alloc.allocate(model, len(full))
+            for seq, page in zip(full, pages, strict=True):
+                seq.pages.append(page)
+            plan.new_pages.setdefault(model, []).extend(pages)
+            self.state_version += 1
+        k = min(max_steps, cols.left - done)
+        if k > 1:
+            held = map(t.__mul__, map(len, tables))
+            k = min(k, min(map(sub, held, map(done.__add__, pos))))
+        plan.num_steps = done + k
+        return k
+
     def _horizon(
         self,
         plan: StepPlan,

@@ -1,0 +1,93 @@
+"""Plan chains: where single steps take no page early (prism's map costs), a lane's plan is
+extended by the plans single steps would make next, each run as its own activity, the engine
+applying their tokens once at the chain's end. Records are bit-equal to the plain path's
+(the same plans, grants, events and floats), and so are steps, preemptions and events."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tests.sim.conftest import TINY, TINY_Q
+from tests.sim.test_sim_horizon import facts
+from tests.sim.test_sim_parked import placement_for, requests
+
+from fineserve.costmodel.table import TableCostModel
+from fineserve.engine.engine import Engine
+from fineserve.sim.catalog import GpuSpec, SimModel
+from fineserve.sim.loop import ClusterSim
+from fineserve.sim.schemes import get_scheme
+
+Outcome = tuple[dict[str, tuple[object, ...]], tuple[int, int, int], dict[str, int]]
+
+
+def run(
+    kind: str,
+    memory_mib: float,
+    seed: int,
+    rate: float,
+    horizon_s: float,
+    chains: bool,
+    table: TableCostModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Outcome, int]:
+    """(facts per request, (steps, preemptions, events), tokens per request; plans the
+    engine's plans were extended by)."""
+    monkeypatch.setattr(ClusterSim, "chains", chains)
+    extended = {"n": 0}
+    extend_step = Engine.extend_step
+
+    def counted(self: Engine, step_id: int, done: int, max_steps: int) -> int:
+        k = extend_step(self, step_id, done, max_steps)
+        extended["n"] += k > 0
+        return k
+
+    monkeypatch.setattr(Engine, "extend_step", counted)
+    gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
+    placement = placement_for(kind)
+    names = sorted({inst.model for inst in placement.instances})
+    types = [TINY, TINY_Q, TINY]
+    models = [
+        SimModel(name, types[i], 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05)
+        for i, name in enumerate(names)
+    ]
+    sim = ClusterSim(models, placement, get_scheme("prism"), table, table.interference, gpu)
+    records = sim.run(requests(150, seed, rate, len(models)), horizon_s=horizon_s).records
+    outcome = {rid: facts(rec) for rid, rec in records.items()}
+    counts = (sim.stats.steps, sim.stats.preemptions, sim.stats.events)
+    tokens = {
+        rid: len(seq.tokens)
+        for eng in sim.engines
+        for rid, seq in eng.engine.scheduler.seqs.items()
+    }
+    return (outcome, counts, tokens), extended["n"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "memory_mib", "seed", "rate", "horizon_s"),
+    [
+        ("trio", 24.0, 6, 100.0, math.inf),  # the pages of a few granules: grants refused
+        ("trio", 40.0, 7, 50.0, math.inf),
+        ("pair", 64.0, 3, 20.0, math.inf),  # calm: long chains
+        ("pair", 64.0, 3, 20.0, 2.5),  # chains in flight at the end are settled
+        ("trio", 32.0, 5, 100.0, 2.0),
+    ],
+)
+def test_chains_give_the_records_of_the_plain_path(
+    kind: str,
+    memory_mib: float,
+    seed: int,
+    rate: float,
+    horizon_s: float,
+    table: TableCostModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prism engines sharing an arena on overlapping GPU sets: every record bit-equal, the
+    same steps, preemptions and events, the same tokens of requests unfinished at the end;
+    plans were extended."""
+    args = (kind, memory_mib, seed, rate, horizon_s)
+    plain, plain_extended = run(*args, False, table, monkeypatch)
+    fast, fast_extended = run(*args, True, table, monkeypatch)
+    assert plain_extended == 0
+    assert fast == plain
+    assert fast_extended > 0

@@ -58,3 +58,14 @@ def test_pool_rows_rejects_a_missing_point() -> None:
 def test_drift_is_after_over_before() -> None:
     assert drift(_table(1.0), _table(1.5)) == pytest.approx({"prefill": 1.5, "tpot": 1.5})
     assert drift(_table(1.0), []) == {"prefill": 1.0, "tpot": 1.0}
+
+
+def test_row_from_runs_median_or_mean() -> None:
+    runs = [(1.0, 0.1, 2.0), (2.0, 0.2, 3.0), (6.0, 0.9, 7.0)]
+    median = row_from_runs("m", "fp32", 1, 16, 8, runs)
+    mean = row_from_runs("m", "fp32", 1, 16, 8, runs, mean=True)
+    assert (median["prefill_time"], median["tpot"], median["mixed_time"]) == (2.0, 0.2, 3.0)
+    assert mean["prefill_time"] == pytest.approx(3.0)
+    assert mean["tpot"] == pytest.approx(0.4)
+    assert mean["mixed_time"] == pytest.approx(4.0)
+    assert mean["prefill_runs"] == [1.0, 2.0, 6.0]

@@ -90,8 +90,10 @@ def test_format_mentions_conditions() -> None:
     doc.update(model=v.NAME, requests=4, rate_rps=2.0, ttft_slo_s=0.25)
     doc["conditions"] = {"clock": "cpu", "loadavg_before": (1.0, 1.0, 1.0),
                          "loadavg_after": (2.0, 1.0, 1.0), "cpu_share": 0.5}  # fmt: skip
+    doc["step_noise"] = {"sigma_fast": 0.1, "sigma_slow": 0.2, "tau_slow_s": 0.5}
     text = v.format_validation(doc)
     assert "clock cpu" in text and "0.5000 of a core" in text and "attainment @5x" in text
+    assert "fast 0.100, slow 0.200 over 0.50 s" in text
 
 
 def test_pausable_clock_hides_paused_time() -> None:
@@ -120,10 +122,11 @@ def test_in_run_profile_rows_use_run_measurements_else_the_first_table(tmp_path:
     prof = v._InRunProfile(tmp_path, cfg, "cpu", 1024)
     assert prof.total == 4 and prof.todo == [(1, 16), (2, 16), (1, 16), (2, 16)]
     before = [row_from_runs(v.NAME, "fp32", b, 16, 8, [(1.0, 0.1, 0.5)]) for b in (1, 2)]
-    prof.runs[(1, 16)] = [(2.0, 0.2, 0.7), (4.0, 0.4, 0.9)]
+    prof.runs[(1, 16)] = [(2.0, 0.2, 0.7), (4.0, 0.4, 0.9), (9.0, 0.9, 1.1)]
     rows = prof.rows(before)
-    assert rows[0]["prefill_time"] == pytest.approx(3.0)  # median of the in-run runs
-    assert rows[0]["tpot"] == pytest.approx(0.3)
+    assert rows[0]["prefill_time"] == pytest.approx(5.0)  # mean of the in-run runs
+    assert rows[0]["tpot"] == pytest.approx(0.5)
+    assert rows[0]["mixed_time"] == pytest.approx(0.9)
     assert rows[1] is before[1]  # not measured during the run: the first table's row
 
 

@@ -295,12 +295,21 @@ def _runs(row: dict[str, Any]) -> list[tuple[float, float, float]]:
 
 
 def row_from_runs(
-    name: str, qformat: str, batch: int, input_len: int, output_len: int, runs: list
+    name: str,
+    qformat: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    runs: list,
+    mean: bool = False,
 ) -> dict[str, Any]:
-    """The profile row of one grid point from its runs [(prefill, tpot, mixed) s] (medians)."""
-    prefill = statistics.median(r[0] for r in runs)
-    tpot = statistics.median(r[1] for r in runs)
-    mixed = statistics.median(r[2] for r in runs)
+    """The profile row of one grid point from its runs [(prefill, tpot, mixed) s]: medians,
+    or with `mean` means (a table predicting mean step times from runs scattered by a shared
+    machine's slow spells: the median of such runs is below their mean)."""
+    stat = statistics.fmean if mean else statistics.median
+    prefill = stat(r[0] for r in runs)
+    tpot = stat(r[1] for r in runs)
+    mixed = stat(r[2] for r in runs)
     decode = tpot * (output_len - 1)
     return {
         "model": name,

@@ -14,8 +14,12 @@
    the load moves within seconds, and a table measured before or after drifts by 10-40%).
    `profile.drift_during_over_before` says how far the speed moved from the first table.
 4. Simulate the same requests on one GPU group with the in-run table (the first table's row
-   for any point the run ended too soon to measure), the same arena, policy, SLO and token
-   budget.
+   for any point the run ended too soon to measure; rows are the means of their runs; fitted
+   with the CPU options of `costmodel.fit`: decode piecewise in the batch size, attention
+   padded to the longest context, weights from the fit), the same arena, policy, SLO and
+   token budget. The simulated steps carry the step-time noise measured from the probes'
+   timed steps (`costmodel.noise`: each probe's steps against the table fitted without its
+   point), seeded; the simulation runs `SIM_SEEDS` times and its figures are averaged.
 5. Report both summaries, the relative error of mean/p90 TTFT and TPOT and of attainment, and
    `step_fidelity`: the in-run table's prediction of each real step over its measured time,
    per step kind (how much of the error is the table's rather than the simulation's).
@@ -514,7 +518,8 @@ class _InRunProfile:
     """The profile grid measured again point by point between the real run's steps (`next`,
     the `probe` of `_real`), `cfg.repeats` passes in interleaved order. `rows(before)`: the
     table the simulation uses, each point's medians over its in-run measurements (the before
-    run's row for a point the run ended too early to measure). `timed_steps(table, key)`:
+    run's row for a point the run ended too early to measure; means, not medians: the table
+    predicts mean step times). `timed_steps(table_for, key)`:
     every step the probes timed, for the noise estimate (`costmodel.noise`)."""
 
     def __init__(self, folder: Path, cfg: Settings, clock: str, arena_tokens: int) -> None:
@@ -587,7 +592,7 @@ class _InRunProfile:
             runs = self.runs.get((r["batch_size"], r["input_len"]))
             out.append(
                 row_from_runs(NAME, r["qformat"], r["batch_size"], r["input_len"],
-                              r["output_len"], runs) if runs else r
+                              r["output_len"], runs, mean=True) if runs else r
             )  # fmt: skip
         return out
 
@@ -643,6 +648,12 @@ def format_validation(doc: dict[str, Any]) -> str:
         lines.append(
             f"step time during the run / before it (in-run profile): p10 {spread['p10']:.2f}, "
             f"p50 {spread['p50']:.2f}, p90 {spread['p90']:.2f}"
+        )
+    noise = doc.get("step_noise")
+    if noise:
+        lines.append(
+            f"step-time noise (log sd): fast {noise['sigma_fast']:.3f}, slow "
+            f"{noise['sigma_slow']:.3f} over {noise['tau_slow_s']:.2f} s"
         )
     cond = doc.get("conditions")
     if cond:

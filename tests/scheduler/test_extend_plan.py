@@ -46,11 +46,15 @@ def page_counts(s: LocalScheduler) -> dict[str, int]:
     return {rid: len(seq.pages) for rid, seq in s.seqs.items()}
 
 
+@pytest.mark.parametrize("horizon_pages", [False, True])
 @pytest.mark.parametrize(("blocks", "seed"), [(40, 0), (60, 1), (400, 2)])
-def test_extend_plan_equals_the_next_single_step_plan(blocks: int, seed: int) -> None:
-    """Decodes crossing page boundaries until the arena runs out: at every extension the
-    same grants and iterations as the copy's next plan, or a refusal exactly where that plan
-    drops a decode (pages short) and nothing changed."""
+def test_extend_plan_equals_the_next_single_step_plan(
+    blocks: int, seed: int, horizon_pages: bool
+) -> None:
+    """Decodes crossing page boundaries until the arena runs out, plans stopped after a
+    random number of their iterations (as arrivals cut them): at every fold the pages given
+    back, at every extension the grants, early pages and iterations of the copy's next plan,
+    or a refusal exactly where that plan drops a decode (pages short), nothing changed."""
     rng = random.Random(seed)
     s = scheduler(blocks, "prism")
     for i in range(8):
@@ -62,15 +66,18 @@ def test_extend_plan_equals_the_next_single_step_plan(blocks: int, seed: int) ->
         now += 0.01
     extended = refused = 0
     for _ in range(30):
-        plan = s.schedule(now, None, 64, horizon_pages=False)
-        done = plan.num_steps
-        while s.may_extend(plan, done):
-            max_steps = rng.choice([1, 64])
+        plan = s.schedule(now, None, 64, horizon_pages=horizon_pages)
+        done = rng.randint(1, plan.num_steps)
+        while True:
             twin_s, twin_plan = copy.deepcopy((s, plan))
             twin_s.update(twin_plan, result(twin_plan, done), now)
-            nxt = twin_s.schedule(now, None, max_steps, horizon_pages=False)
+            if not s.fold_plan(plan, done):
+                break
+            assert page_counts(s) == page_counts(twin_s)  # pages not used given back
+            max_steps = rng.choice([1, 64])
+            nxt = twin_s.schedule(now, None, max_steps, horizon_pages=horizon_pages)
             before = page_counts(s)
-            k = s.extend_plan(plan, done, max_steps)
+            k = s.extend_plan(plan, done, max_steps, horizon_pages)
             same_batch = (
                 len(nxt.batches) == 1
                 and nxt.batches[0].request_ids == plan.batches[0].request_ids
@@ -85,7 +92,7 @@ def test_extend_plan_equals_the_next_single_step_plan(blocks: int, seed: int) ->
             assert same_batch
             assert nxt.num_steps == k
             assert page_counts(s) == page_counts(twin_s)
-            done += k
+            done += rng.randint(1, k)
         s.update(plan, result(plan, done), now)
         now += 0.01
         if not s.seqs:
@@ -107,3 +114,4 @@ def test_extend_needs_a_plain_decode_only_plan() -> None:
     assert s.may_extend(plan, plan.num_steps)
     s.add_request("b", "m", [1] * 20, 50, 0.2, stream=False)
     assert not s.may_extend(plan, plan.num_steps)
+    assert not s.fold_plan(plan, plan.num_steps)

@@ -1,6 +1,6 @@
-"""Plan chains: where single steps take no page early (prism's map costs), a lane's plan is
-extended by the plans single steps would make next, each run as its own activity, the engine
-applying their tokens once at the chain's end. Records are bit-equal to the plain path's
+"""Plan chains: a lane's plan is extended by the plans single steps would make next (the same
+grants and early pages at the same events), each run as its own activity, the engine applying
+their tokens once at the chain's end. Records are bit-equal to the plain path's
 (the same plans, grants, events and floats), and so are steps, preemptions and events."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ Outcome = tuple[dict[str, tuple[object, ...]], tuple[int, int, int], dict[str, i
 
 
 def run(
+    scheme: str,
     kind: str,
     memory_mib: float,
     seed: int,
@@ -37,8 +38,8 @@ def run(
     extended = {"n": 0}
     extend_step = Engine.extend_step
 
-    def counted(self: Engine, step_id: int, done: int, max_steps: int) -> int:
-        k = extend_step(self, step_id, done, max_steps)
+    def counted(self: Engine, step_id: int, done: int, *args: int) -> int:
+        k = extend_step(self, step_id, done, *args)
         extended["n"] += k > 0
         return k
 
@@ -51,7 +52,7 @@ def run(
         SimModel(name, types[i], 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05)
         for i, name in enumerate(names)
     ]
-    sim = ClusterSim(models, placement, get_scheme("prism"), table, table.interference, gpu)
+    sim = ClusterSim(models, placement, get_scheme(scheme), table, table.interference, gpu)
     records = sim.run(requests(150, seed, rate, len(models)), horizon_s=horizon_s).records
     outcome = {rid: facts(rec) for rid, rec in records.items()}
     counts = (sim.stats.steps, sim.stats.preemptions, sim.stats.events)
@@ -64,30 +65,37 @@ def run(
 
 
 @pytest.mark.parametrize(
-    ("kind", "memory_mib", "seed", "rate", "horizon_s"),
+    ("scheme", "kind", "memory_mib", "seed", "rate", "horizon_s", "extends"),
     [
-        ("trio", 24.0, 6, 100.0, math.inf),  # the pages of a few granules: grants refused
-        ("trio", 40.0, 7, 50.0, math.inf),
-        ("pair", 64.0, 3, 20.0, math.inf),  # calm: long chains
-        ("pair", 64.0, 3, 20.0, 2.5),  # chains in flight at the end are settled
-        ("trio", 32.0, 5, 100.0, 2.0),
+        ("prism", "trio", 24.0, 6, 100.0, math.inf, True),  # the pages of a few granules
+        ("prism", "trio", 40.0, 7, 50.0, math.inf, True),
+        ("prism", "pair", 64.0, 3, 20.0, math.inf, True),  # calm: long chains
+        ("prism", "pair", 64.0, 3, 20.0, 2.5, True),  # chains in flight at the end settled
+        ("prism", "trio", 32.0, 5, 100.0, 2.0, True),
+        ("static", "trio", 4.0, 3, 200.0, math.inf, True),  # tight: early pages refused
+        ("static", "trio", 8.0, 4, 100.0, math.inf, True),
+        ("static", "pair", 2.5, 8, 100.0, 3.0, False),
+        ("static", "pair", 64.0, 5, 20.0, math.inf, False),  # horizons end at arrivals, ends
+        ("muxserve", "pair", 3.0, 6, 100.0, math.inf, False),  # one model per GPU set
     ],
 )
 def test_chains_give_the_records_of_the_plain_path(
+    scheme: str,
     kind: str,
     memory_mib: float,
     seed: int,
     rate: float,
     horizon_s: float,
+    extends: bool,
     table: TableCostModel,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Prism engines sharing an arena on overlapping GPU sets: every record bit-equal, the
-    same steps, preemptions and events, the same tokens of requests unfinished at the end;
-    plans were extended."""
-    args = (kind, memory_mib, seed, rate, horizon_s)
+    """Engines of one model sharing an arena, on overlapping GPU sets: every record
+    bit-equal, the same steps, preemptions and events, the same tokens of requests
+    unfinished at the end; under pressure, plans were extended."""
+    args = (scheme, kind, memory_mib, seed, rate, horizon_s)
     plain, plain_extended = run(*args, False, table, monkeypatch)
     fast, fast_extended = run(*args, True, table, monkeypatch)
     assert plain_extended == 0
     assert fast == plain
-    assert fast_extended > 0
+    assert (fast_extended > 0) == extends

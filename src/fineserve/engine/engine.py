@@ -86,16 +86,25 @@ class Engine:
         self._plans[plan.step_id] = plan
         return plan
 
-    def may_extend(self, step_id: int, done: int) -> bool:
+    def fold_step(self, step_id: int, done: int) -> bool:
         """Whether the plan in flight `step_id`, after `done` iterations, may be extended by
-        the plan single steps would make next (`LocalScheduler.may_extend`)."""
-        return self.scheduler.may_extend(self._plans[step_id], done)
+        the plan single steps would make next (`LocalScheduler.fold_plan`: pages taken
+        early for iterations not run are given back)."""
+        return self.scheduler.fold_plan(self._plans[step_id], done)
 
-    def extend_step(self, step_id: int, done: int, max_steps: int) -> int:
+    def extend_step(
+        self,
+        step_id: int,
+        done: int,
+        max_steps: int,
+        horizon_pages: bool = False,
+        margin: bool = True,
+    ) -> int:
         """Extend the plan in flight `step_id` by the plan single steps would make after its
         `done` iterations (`LocalScheduler.extend_plan`); its iterations, 0 if it would
         differ. Finish it with one result for all iterations run."""
-        return self.scheduler.extend_plan(self._plans[step_id], done, max_steps)
+        plan = self._plans[step_id]
+        return self.scheduler.extend_plan(plan, done, max_steps, horizon_pages, margin)
 
     def plan_in_flight(self, step_id: int) -> StepPlan:
         """The plan in flight `step_id`."""

@@ -412,7 +412,7 @@ class ClusterSim:
         lane.result = None
         lane.iterations = None
         lane.stepped = stepped and plan.num_steps > 1
-        lane.chained = self.chains and bool(eng.map_cost_s) and not lane.stepped
+        lane.chained = self.chains and not lane.stepped
         lane.done = 0
         limit_s = math.inf
         if plan.num_steps > 1:
@@ -535,7 +535,7 @@ class ClusterSim:
         result = lane.result
         assert result is not None
         done = lane.done + result.num_steps
-        if not lane.eng.engine.may_extend(result.step_id, done):
+        if not lane.eng.engine.fold_step(result.step_id, done):
             return False
         lane.done = done
         lane.horizon = None
@@ -552,7 +552,7 @@ class ClusterSim:
         result = lane.result
         assert result is not None
         max_steps = self.max_steps if self._may_span(lane) else 1
-        k = engine.extend_step(result.step_id, lane.done, max_steps)
+        k = engine.extend_step(result.step_id, lane.done, max_steps, not eng.map_cost_s)
         if not k:
             self._finish_lane(lane, now, folded=True)
             self._start(lane, now)

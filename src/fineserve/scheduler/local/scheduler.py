@@ -210,16 +210,35 @@ class LocalScheduler(SchedulerState):
             and not self._released[model]
         )
 
-    def extend_plan(self, plan: StepPlan, done: int, max_steps: int) -> int:
-        """Extend `plan` (`may_extend` said so) by the next plan single steps would make
-        after its `done` iterations, asked for `max_steps` iterations taking no page early
-        (`schedule(..., horizon_pages=False)`); returns its iterations k (0: that plan
-        would differ, nothing done). As that plan would: the decodes whose KV then fills
-        their last page get one page each, in one allocator call, in the same order (0 if
-        the allocator has not that many: single steps would arbitrate), and k is the fewest
-        of `max_steps`, the tokens any decode may still sample and the tokens every decode's
-        pages still hold. `plan.num_steps` becomes `done + k`; the caller applies the
-        iterations run with one result (`StepResult.num_steps` = their total)."""
+    def fold_plan(self, plan: StepPlan, done: int) -> bool:
+        """At the end of one of a chain's plans, `done` iterations in all: `may_extend`, and
+        if so give back the pages taken early for iterations not run (the `_trim` applying
+        that plan's shorter result would make, at the same moment)."""
+        if not self.may_extend(plan, done):
+            return False
+        batch = plan.batches[0]
+        self._trim(batch, self._cols[batch.model].seqs, done)
+        return True
+
+    def extend_plan(
+        self,
+        plan: StepPlan,
+        done: int,
+        max_steps: int,
+        horizon_pages: bool = False,
+        margin: bool = True,
+    ) -> int:
+        """Extend `plan` (`fold_plan` said so) by the next plan single steps would make
+        after its `done` iterations, `schedule(now, models, max_steps, horizon_pages,
+        margin)`; returns its iterations k (0: that plan would differ, nothing done). As
+        that plan would: the decodes whose KV then fills their last page get one page each,
+        in one allocator call, in the same order (0 if the allocator has not that many:
+        single steps would arbitrate); k is the fewest of `max_steps` and the tokens any
+        decode may still sample, and without `horizon_pages` the tokens every decode's pages
+        still hold, else k's pages are reserved as `_horizon` would (`_reserve_horizon` on
+        the decodes at their positions then; 1 if it refuses). `plan.num_steps` becomes
+        `done + k`; the caller applies the iterations run with one result
+        (`StepResult.num_steps` = their total)."""
         batch = plan.batches[0]
         model = batch.model
         cols = self._cols[model]
@@ -240,9 +259,18 @@ class LocalScheduler(SchedulerState):
             plan.new_pages.setdefault(model, []).extend(pages)
             self.state_version += 1
         k = min(max_steps, cols.left - done)
-        if k > 1:
+        if k > 1 and not horizon_pages:
             held = map(t.__mul__, map(len, tables))
             k = min(k, min(map(sub, held, map(done.__add__, pos))))
+        elif k > 1:
+            positions = [p + done for p in pos]  # the decodes as the next plan holds them
+            now_batch = ModelBatch(model, batch.key, positions=positions, page_tables=tables)
+            now_plan = StepPlan(plan.step_id, plan.now, [now_batch])
+            if not self._reserve_horizon(now_plan, k, self._lanes[plan.step_id], margin):
+                k = 1
+            for m, pages in now_plan.new_pages.items():
+                plan.new_pages.setdefault(m, []).extend(pages)
+                self.state_version += 1
         plan.num_steps = done + k
         return k
 

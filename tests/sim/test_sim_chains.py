@@ -99,3 +99,30 @@ def test_chains_give_the_records_of_the_plain_path(
     assert plain_extended == 0
     assert fast == plain
     assert (fast_extended > 0) == extends
+
+
+@pytest.mark.parametrize(
+    ("scheme", "kind", "memory_mib"), [("prism", "trio", 24.0), ("static", "trio", 4.0)]
+)
+def test_refused_extensions_end_chains_exactly(
+    scheme: str,
+    kind: str,
+    memory_mib: float,
+    table: TableCostModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An extension refused at any point (here every other one, before the engine is asked:
+    a refusal changes nothing) ends the chain there, one-step plans included: the engine
+    then plans the lane itself, and records stay those of the plain path."""
+    plain, _ = run(scheme, kind, memory_mib, 6, 100.0, math.inf, False, table, monkeypatch)
+    calls = {"n": 0}
+    extend_step = Engine.extend_step
+
+    def every_other(self: Engine, step_id: int, done: int, *args: int) -> int:
+        calls["n"] += 1
+        return extend_step(self, step_id, done, *args) if calls["n"] % 2 else 0
+
+    monkeypatch.setattr(Engine, "extend_step", every_other)
+    fast, _ = run(scheme, kind, memory_mib, 6, 100.0, math.inf, True, table, monkeypatch)
+    assert fast == plain
+    assert calls["n"] > 2

@@ -524,7 +524,11 @@ class ClusterSim:
             engine = lane.eng.engine
             plan = engine.plan_in_flight(result.step_id)
             lists = self.coster.token_lists(plan, steps)
-            result = StepResult(result.step_id, {}, 0.0, num_steps=steps, token_lists=lists)
+            if plan.num_steps > 1:
+                result = StepResult(result.step_id, {}, 0.0, num_steps=steps, token_lists=lists)
+            else:  # a one-step plan, not extended after all: its one token each
+                tokens = {rid: sampled[0] for rid, sampled in lists.items()}
+                result = StepResult(result.step_id, tokens, 0.0)
             lane.done = 0
         self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
 

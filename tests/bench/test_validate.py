@@ -186,15 +186,36 @@ def test_timed_steps_pair_each_probe_step_with_its_prediction(tmp_path: Path) ->
     assert steps.summary == pytest.approx((0.02, 0.0045, 0.03))
 
 
-def _tiny_sim(noise: object, seed: int) -> list[RequestRecord]:
+def _tiny_sim(
+    noise: object, seed: int, scale: float = 1.0, process: object = None, slo: float = 0.5
+) -> list[RequestRecord]:
     from fineserve.costmodel.fit import StepCoeffs
     from fineserve.costmodel.table import TableCostModel
     from fineserve.memory.formats import KVFormat
 
-    coeffs = StepCoeffs(prefill=(0.002, 1e-4, 0.0, 0.0, 0.0), decode=(0.002, 1e-4, 1e-6))
+    coeffs = StepCoeffs(
+        prefill=(scale * 0.002, scale * 1e-4, scale * 1e-7, 0.0, 0.0),
+        decode=(scale * 0.002, scale * 1e-4, scale * 1e-6),
+    )
     cost = TableCostModel({KEY: coeffs})
-    reqs = v.workload(40, 80.0, 1)
-    return v._simulated(reqs, KVFormat(2, 2, 64), 64 << 20, 0.5, cost, noise, seed)
+    reqs = v.workload(60, 80.0, 1)
+    return v._simulated(reqs, KVFormat(2, 2, 64), 64 << 20, slo, cost, noise, seed, process)
+
+
+class _Double:
+    """A noise process whose every factor is 2."""
+
+    def factor(self, duration_s: float) -> float:
+        return 2.0
+
+
+def test_noise_reaches_every_simulated_step() -> None:
+    """Factor 2 on every step = a table twice as slow (with an SLO nothing misses, the
+    scheduler's choices do not depend on its predictions): the same records."""
+    doubled = _tiny_sim(None, 0, process=_Double(), slo=1e6)
+    slow = _tiny_sim(None, 0, scale=2.0, slo=1e6)
+    assert doubled == slow
+    assert doubled != _tiny_sim(None, 0, slo=1e6)
 
 
 def test_simulation_noise_is_seeded_and_off_by_default() -> None:

@@ -77,3 +77,31 @@ def test_estimate_of_a_constant_ratio_is_no_noise() -> None:
     steps = [(0.01 * i, 0.005, 0.0065) for i in range(50)]  # 30% slower, every step alike
     assert estimate_step_noise(steps).off
     assert estimate_step_noise(steps[:2]).off  # too few steps
+
+
+class _Double:
+    def factor(self, duration_s: float) -> float:
+        return 2.0
+
+
+def test_noisy_cost_model_scales_single_and_multi_step_answers() -> None:
+    from fineserve.costmodel.base import BatchShape, InstanceKey
+    from fineserve.costmodel.fit import StepCoeffs
+    from fineserve.costmodel.noise import NoisyCostModel
+    from fineserve.costmodel.table import TableCostModel
+
+    key = InstanceKey("m", "fp32")
+    table = TableCostModel({key: StepCoeffs((0.002, 1e-4, 0.0, 0.0, 0.0), (0.003, 1e-4, 1e-6))})
+    shape = BatchShape(prefill=((30, 0),), decode_context=(40, 50))
+    doubled = NoisyCostModel(table, _Double())  # type: ignore[arg-type]
+    assert doubled.step_time(key, shape) == 2 * table.step_time(key, shape)
+    assert doubled.decode_step_times(key, (40, 50), 3) == [
+        2 * t for t in table.decode_step_times(key, (40, 50), 3)
+    ]
+    off = NoisyCostModel(table, NoiseProcess(StepNoise(), 0))
+    assert off.step_time(key, shape) == table.step_time(key, shape)
+    noisy = [NoisyCostModel(table, NoiseProcess(StepNoise(0.2, 0.2, 0.1), s)) for s in (1, 1, 2)]
+    runs = [m.decode_step_times(key, (40, 50), 20) for m in noisy]
+    assert runs[0] == runs[1] != runs[2]
+    assert len(set(runs[0])) == 20  # every iteration its own factor
+    assert doubled.supports(key) and doubled.interference is table.interference

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import statistics
 import sys
@@ -298,9 +297,11 @@ def _simulated(
     cost: Any,
     noise: Any = None,
     seed: int = 0,
+    process: Any = None,
 ) -> list:
     """The simulator's records of `reqs`; with `noise` (a `costmodel.noise.StepNoise`) every
-    executed step's time is multiplied by its factor, drawn from `seed` (`NoisyCoster`)."""
+    executed step's time is multiplied by its factor, drawn from `seed` (`noisy_coster`; or
+    from `process`, a `NoiseProcess`-like object, when given)."""
     from fineserve.sim.catalog import GpuSpec, ModelType, SimModel
     from fineserve.sim.loop import ClusterSim
     from fineserve.sim.placement import PlacedInstance, Placement
@@ -312,43 +313,22 @@ def _simulated(
     placement = Placement((PlacedInstance(NAME, (0,)),), 1)
     gpu = GpuSpec(memory_bytes=arena + 1, reserve_bytes=0, name="cpu")
     sim = ClusterSim([model], placement, scheme, cost, cost.interference, gpu, True)
-    if noise is not None and not noise.off:
-        sim.coster = noisy_coster(cost, noise, seed)
+    if process is not None or (noise is not None and not noise.off):
+        sim.coster = noisy_coster(cost, noise, seed, process)
     return sim.run(reqs).values()
 
 
-def noisy_coster(cost: Any, noise: Any, seed: int) -> Any:
-    """A `sim.stepper.BatchCoster` over `cost` whose executed step times carry `noise`
-    (a `StepNoise`), drawn from `seed`. The scheduler's predictions stay the table's, as in
-    the real run; only how long the simulated steps take changes."""
-    from fineserve.costmodel.noise import NoiseProcess
+def noisy_coster(cost: Any, noise: Any, seed: int, process: Any = None) -> Any:
+    """A `sim.stepper.BatchCoster` costing steps with `cost` plus `noise` (a `StepNoise`,
+    drawn from `seed`; or the given `costmodel.noise.NoiseProcess`-like `process`): every path
+    of the coster (single steps, multi-step plans, plan chains) reads the noisy model. The
+    scheduler's predictions stay the table's, as in the real run; only how long the simulated
+    steps take changes. (A mixed step's prefill fraction asks the model twice more, which
+    also moves the noise's clock: the slow part runs a little faster there.)"""
+    from fineserve.costmodel.noise import NoiseProcess, NoisyCostModel
     from fineserve.sim.stepper import BatchCoster
 
-    class NoisyCoster(BatchCoster):
-        """Each step (each iteration of a multi-step plan) scaled by its own factor."""
-
-        def __init__(self) -> None:
-            super().__init__(cost)
-            self.process = NoiseProcess(noise, seed)
-
-        def run(self, plan: Any) -> Any:
-            result, works = super().run(plan)
-            f = self.process.factor(result.duration_s)
-            result.duration_s *= f
-            return result, [(w * f, frac) for w, frac in works]
-
-        def run_iterations(self, plan: Any, limit_s: float = math.inf) -> Any:
-            result, iterations = super().run_iterations(plan, limit_s)
-            scaled, total = [], 0.0
-            for works in iterations:
-                longest = max(w for w, _ in works)
-                f = self.process.factor(longest)
-                scaled.append([(w * f, frac) for w, frac in works])
-                total += longest * f
-            result.duration_s = total
-            return result, scaled
-
-    return NoisyCoster()
+    return BatchCoster(NoisyCostModel(cost, process or NoiseProcess(noise, seed)))
 
 
 def _rel(sim: float | None, real: float | None) -> float | None:

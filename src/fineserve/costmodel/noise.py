@@ -14,7 +14,8 @@ during a slow spell, which widens the latency tails beyond what a deterministic 
 and the factor is exp(log part - variance / 2), so its mean is 1 (the table keeps predicting the
 mean). `estimate_step_noise` measures the three numbers from timed steps of profile probes
 (their predictions by the table, their times and when they ran); `NoiseProcess` draws the
-factors of a simulation from a seed. The default `StepNoise()` is no noise (the H100 table has
+factors of a simulation from a seed; `NoisyCostModel` applies them to a cost model's answers
+(for a simulator's executor). The default `StepNoise()` is no noise (the H100 table has
 none: its simulations stay deterministic and bit-identical).
 """
 
@@ -24,8 +25,11 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from fineserve.costmodel.base import BatchShape, InstanceKey
 
 TAUS_S = tuple(0.005 * 2.0 ** (k / 2) for k in range(27))  # 5 ms .. ~41 s, candidate tau_slow
 
@@ -134,3 +138,36 @@ def estimate_step_noise(
         sigma_slow=math.sqrt(var_slow),
         tau_slow_s=tau if var_slow > 0 else 0.0,
     )
+
+
+class NoisyCostModel:
+    """A cost model whose answers carry the noise of `process`: what a simulator's executor
+    (not its scheduler, whose predictions stay the table's) costs steps with. Every
+    `step_time` call, and every iteration of a `decode_step_times` call, is one step: its
+    time is the inner model's times its own factor, and the noise's clock moves by the inner
+    time. Not a pure function: the same batch costs differently from call to call."""
+
+    def __init__(self, inner: Any, process: NoiseProcess) -> None:
+        self.inner = inner
+        self.process = process
+        self.interference = getattr(inner, "interference", None)
+
+    def supports(self, key: InstanceKey) -> bool:
+        return bool(self.inner.supports(key))
+
+    def step_time(self, key: InstanceKey, batch: BatchShape) -> float:
+        t = float(self.inner.step_time(key, batch))
+        return t * self.process.factor(t)
+
+    def decode_step_times(
+        self, key: InstanceKey, contexts: tuple[int, ...] | list[int], k: int
+    ) -> list[float]:
+        """`step_time` of k consecutive decode iterations (iteration j: every context + j)."""
+        method = getattr(self.inner, "decode_step_times", None)
+        if method is not None:
+            times = [float(t) for t in method(key, contexts, k)]
+        else:
+            shapes = [BatchShape(decode_context=tuple(c + j for c in contexts)) for j in range(k)]
+            times = [float(self.inner.step_time(key, shape)) for shape in shapes]
+        factor = self.process.factor
+        return [t * factor(t) for t in times]

@@ -148,6 +148,7 @@ def test_compare_averages_several_simulations() -> None:
     assert doc["sim"]["ttft_s_mean"] == pytest.approx(0.125)
     assert doc["relative_error"]["ttft_s_mean"] == pytest.approx(0.25)
     assert doc["sim_runs"] == 2
+    assert doc["sim_spread"]["ttft_s_mean"] == pytest.approx(0.025 / 0.125)  # sd / mean
     # 3x solo = 112.5 ms: the first simulation meets it, the second (150 ms) does not
     assert doc["attainment_by_scale"]["3"] == {"real": 1.0, "sim": 0.5}
     assert doc["attainment_by_scale"]["5"]["sim"] == pytest.approx(1.0)

@@ -71,7 +71,7 @@ KEYS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p
 SCALES = (2.0, 3.0, 5.0, 10.0)
 CLOCK_ENV = "FINESERVE_VALIDATE_CLOCK"
 MIXED_STEPS = 4  # mixed steps timed per profile point (one is a single, noisy step)
-SIM_SEEDS = 5  # simulations with step-time noise, each seed its own draw; summaries averaged
+SIM_SEEDS = 20  # simulations with step-time noise, each seed its own draw; summaries averaged
 
 
 @dataclass(frozen=True)
@@ -368,6 +368,14 @@ def compare(
     doc: dict[str, Any] = {"real": a, "sim": b, "relative_error": errors}
     if len(sims) > 1:
         doc["sim_runs"] = len(sims)
+        # how much one noisy simulation's figures vary (sd / mean over the runs): the real
+        # run is one such draw of the machine's noise, so this is the scale of error to expect
+        doc["sim_spread"] = {
+            k: statistics.pstdev(vals) / statistics.fmean(vals)
+            for k in (f"{m}_{s}" for m, s in KEYS)
+            if len(vals := [br[k] for br in briefs if br[k] is not None]) > 1
+            and statistics.fmean(vals) > 0
+        }
     if solo_s is not None:
         doc["attainment_by_scale"] = {
             f"{k:g}": {

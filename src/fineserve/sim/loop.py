@@ -35,6 +35,14 @@ iterations its decodes' pages already hold): pages reserved at a horizon's start
 (un)mapped and charged earlier than single steps do, while within such a horizon the engine
 makes no allocator call, so every step's map charge is that of single steps.
 
+Exact shortcuts, each tested against the plain path (records bit-equal): a *parked* lane (its
+last plan was empty and changed nothing under FCFS, `Engine.parked`) is not planned again at
+its group's events until its engine's state changes (`skip_parked`); a *stepped* run
+(`step_runs`) lets a solo lane that other idle lanes keep to single steps run a multi-step
+plan as one activity per iteration, so the events and floats are those of the single steps;
+a *chain* (`chains`) extends a one-model lane's plan by the plans single steps would make
+next (`Engine.fold_step` / `extend_step`), each its own activity, the tokens applied once.
+
 Invariants: the clock never goes back; a lane has at most one plan in flight; every request
 has exactly one record; requests still unfinished at the horizon, and requests of models the
 placement left out, count as failed.
@@ -156,12 +164,12 @@ class ClusterSim:
     #: and floats), the engine not called between them while single steps would still be
     #: planned alike (no other lane of the group can change its plans; see `_step_on`)
     step_runs: ClassVar[bool] = True
-    #: exact shortcut (tests turn it off): where single steps take no page early (an engine
-    #: with map costs), a lane's plan is extended by the plans single steps would make next
-    #: (`Engine.extend_step`: the same page grants at the same event, the same iterations)
-    #: while nothing but its decodes goes on; each such plan is costed and run as its own
-    #: activity at its own start, exactly as single steps would, but the engine applies
-    #: their tokens once, when the chain ends
+    #: exact shortcut (tests turn it off): a one-model lane's plan is extended by the plans
+    #: single steps would make next (`Engine.fold_step` / `extend_step`: the same page
+    #: grants, early pages and give-backs at the same events, the same iterations) while
+    #: nothing but its decodes goes on; each such plan is costed and run as its own activity
+    #: at its own start, exactly as `_start` would, but the engine applies their tokens
+    #: once, when the chain ends
     chains: ClassVar[bool] = True
 
     def __init__(
@@ -534,8 +542,9 @@ class ClusterSim:
 
     def _fold(self, lane: SimLane) -> bool:
         """At the end of a chained lane's plan: if single steps would plan its batch going on
-        (`Engine.may_extend`), count its iterations into `done` and keep the engine's plan
-        in flight (True); else False (finish it now, as single steps would)."""
+        (`Engine.fold_step`, which gives back pages taken for iterations not run), count its
+        iterations into `done` and keep the engine's plan in flight (True); else False
+        (finish it now, as single steps would)."""
         result = lane.result
         assert result is not None
         done = lane.done + result.num_steps

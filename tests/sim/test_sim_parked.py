@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 
 import pytest
 from tests.sim.conftest import TINY, TINY_Q
@@ -24,7 +25,7 @@ from fineserve.scheduler.local.scheduler import LocalScheduler
 from fineserve.sim.catalog import GpuSpec, SimModel
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import PlacedInstance, Placement
-from fineserve.sim.schemes import get_scheme
+from fineserve.sim.schemes import SchemeSpec, get_scheme
 
 Outcome = tuple[dict[str, tuple[object, ...]], tuple[int, int]]
 
@@ -49,6 +50,16 @@ def requests(n: int, seed: int, rate: float, models: int) -> list[SimRequest]:
             SimRequest(f"r{i}", f"m{i % models}", t, rng.randint(5, 300), rng.randint(1, 80))
         )
     return reqs
+
+
+def scheme_spec(name: str) -> SchemeSpec:
+    """A scheme by name; "muxserve_lockstep" is muxserve with one whole-engine plan per step
+    (no lanes): one shared engine whose lane holds every model of its allocator, so it parks
+    (muxserve's own lanes hold one model each of a shared, non-isolated arena, so they never
+    park)."""
+    if name == "muxserve_lockstep":
+        return replace(get_scheme("muxserve"), lanes=False)
+    return get_scheme(name)
 
 
 def run(
@@ -83,7 +94,7 @@ def run(
     placement = placement_for(kind)
     names = sorted({inst.model for inst in placement.instances})
     models = [SimModel(name, types[i], 1.0, **slo) for i, name in enumerate(names)]
-    spec = get_scheme(scheme)
+    spec = scheme_spec(scheme)
     sim = ClusterSim(models, placement, spec, table, table.interference, gpu, max_steps=max_steps)
     records = sim.run(requests(150, seed, 200.0, len(models))).records
     outcome = {rid: facts(rec) for rid, rec in records.items()}
@@ -97,9 +108,10 @@ def run(
         ("static", "pair", 1.5, 3, True),
         ("static", "pair", 2.5, 8, False),
         ("static", "trio", 4.0, 3, False),
-        ("muxserve", "trio", 3.5, 3, True),
-        ("muxserve", "trio", 5.0, 8, True),
-        ("muxserve", "trio", 64.0, 5, False),
+        ("muxserve_lockstep", "trio", 3.5, 3, True),
+        ("muxserve_lockstep", "trio", 5.0, 8, True),
+        ("muxserve_lockstep", "trio", 64.0, 5, False),
+        ("muxserve", "trio", 3.5, 3, False),
     ],
 )
 def test_parked_lanes_give_the_records_of_the_plain_path(

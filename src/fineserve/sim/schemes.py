@@ -60,8 +60,9 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         summary="one vLLM per model, KV partition sized by expected demand, FCFS",
     ),
     "muxserve": SchemeSpec(
-        "muxserve", "uniform", "fcfs", False, "load", "muxserve", reserve="rate",
-        summary="one unit scheduler, uniform KV blocks, rate-proportional block quotas",
+        "muxserve", "uniform", "fcfs", False, "load", "muxserve", reserve="rate", lanes=True,
+        summary="one unit scheduler, uniform KV blocks, rate-proportional block quotas, "
+        "each LLM's jobs dispatched on their own (lanes)",
     ),
     "prism": SchemeSpec(
         "prism", "paged_vmm", "prism", True, "pressure", "prism", map_cost_s=20e-6,

@@ -226,3 +226,16 @@ def test_predictor_counts_overload_once(cost):
     assert offered > 1.0  # overloaded: counted once, as the admitted share
     served = problem.options.util_cap / offered
     assert pred.slo_attainment == pytest.approx(served, rel=0.35)
+
+
+def test_muxserve_places_every_model_once_hottest_apart(cost):
+    """MuxServe colocates every LLM once (no replicas, none refused while memory allows), the
+    largest computation requirement first, each on the least-loaded mesh."""
+    problem = overloaded(cost)
+    placement = place(problem, "muxserve")
+    check_invariants(problem, placement)
+    assert placement.unplaced == ()
+    assert all(len(placement.instances_of(m.name)) == 1 for m in problem.models)
+    (hot,) = placement.instances_of("hot")
+    (warm,) = placement.instances_of("warm")
+    assert hot.gpus != warm.gpus  # the two busiest models start on separate empty GPUs

@@ -266,12 +266,21 @@ def prism_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
 
 
 def muxserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
-    """MuxServe-style: models by compute demand (rate x work), highest first, each to the
-    fitting group with the least compute load; one uniform KV block size per GPU (the largest
-    co-located page), as MuxServe's unified KV cache does."""
-    per_model = {m.name: sizer.options(m) for m in problem.models}
+    """MuxServe-style (Duan et al., ICML 2024, its greedy placement): every model is placed
+    exactly once, as one LLM on one mesh, models in decreasing computation requirement
+    (request rate x GPU-seconds per request x mesh size), each on the fitting mesh with the
+    least compute load; one uniform KV block size per GPU (the largest co-located page), as
+    MuxServe's unified KV cache does.
+
+    MuxServe colocates every LLM rather than refusing one, so only memory is checked, not the
+    busy share; it scales a popular LLM with a larger mesh, never with replicas. Of a model's
+    TP degrees, the smallest whose single instance the sizer finds feasible is used, else the
+    largest. The instance keeps the KV need of that degree's sized replica (what one replica
+    of the model needs at its batch), and its load is the model's whole rate.
+    """
+    singles = {m.name: _one_instance(sizer, m) for m in problem.models}
     order = sorted(
-        problem.models, key=lambda m: (-per_model[m.name][0].util * per_model[m.name][0].tp, m.name)
+        problem.models, key=lambda m: (-singles[m.name].util * singles[m.name].tp, m.name)
     )
     state = ClusterState(problem, sizer)
 
@@ -279,10 +288,17 @@ def muxserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
         return -max(state.util[g] for g in group)
 
     for m in order:
-        for opt in fallback_options(sizer, per_model[m.name]):
-            if state.place_replicas(opt, score):
-                break
+        state.place_replicas(singles[m.name], score, check_util=False)
     return evaluate(problem, "muxserve", state.instances, kv_scheme="uniform", sizer=sizer)
+
+
+def _one_instance(sizer: Sizer, m: ModelDemand) -> Option:
+    """``m`` as a single instance carrying its whole rate (see :func:`muxserve_policy`)."""
+    opts = sizer.options(m)
+    single = [o for o in opts if o.replicas == 1]
+    base = min(single, key=lambda o: o.tp) if single else max(opts, key=lambda o: o.tp)
+    util = m.rate * sizer.work(m, base.tp)
+    return replace(base, replicas=1, rate_per_replica=m.rate, util=util, cost=util * base.tp)
 
 
 def one_per_gpu_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:

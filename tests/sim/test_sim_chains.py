@@ -8,13 +8,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from tests.sim.conftest import TINY, TINY_Q
 from tests.sim.test_sim_horizon import facts
-from tests.sim.test_sim_parked import placement_for, requests
+from tests.sim.test_sim_parked import placement_for, requests, small_gpu, small_models
 
 from fineserve.costmodel.table import TableCostModel
 from fineserve.engine.engine import Engine
-from fineserve.sim.catalog import GpuSpec, SimModel
 from fineserve.sim.loop import ClusterSim
 from fineserve.sim.schemes import get_scheme
 
@@ -44,14 +42,9 @@ def run(
         return k
 
     monkeypatch.setattr(Engine, "extend_step", counted)
-    gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
+    gpu = small_gpu(memory_mib)
     placement = placement_for(kind)
-    names = sorted({inst.model for inst in placement.instances})
-    types = [TINY, TINY_Q, TINY]
-    models = [
-        SimModel(name, types[i], 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05)
-        for i, name in enumerate(names)
-    ]
+    models = small_models(placement)
     sim = ClusterSim(models, placement, get_scheme(scheme), table, table.interference, gpu)
     records = sim.run(requests(150, seed, rate, len(models)), horizon_s=horizon_s).records
     outcome = {rid: facts(rec) for rid, rec in records.items()}

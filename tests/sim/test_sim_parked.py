@@ -40,6 +40,22 @@ def placement_for(kind: str) -> Placement:
     return Placement((*on0, PlacedInstance("m2", (0, 1))), 2)
 
 
+def small_gpu(memory_mib: float) -> GpuSpec:
+    """A GPU of `memory_mib` MiB, all of it KV arena (no reserve)."""
+    return GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
+
+
+def small_models(placement: Placement) -> list[SimModel]:
+    """The placement's models by name: m0 and m2 TINY, m1 TINY_Q, each with TTFT SLO 2 s and
+    TPOT SLO 50 ms."""
+    names = sorted({inst.model for inst in placement.instances})
+    types = [TINY, TINY_Q, TINY]
+    return [
+        SimModel(name, types[i], 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05)
+        for i, name in enumerate(names)
+    ]
+
+
 def requests(n: int, seed: int, rate: float, models: int) -> list[SimRequest]:
     """Poisson arrivals over `models` models in turn, mixed prompt and output lengths."""
     rng = random.Random(seed)
@@ -89,11 +105,8 @@ def run(
         return answer
 
     monkeypatch.setattr(Engine, "parked", verified)
-    slo = {"ttft_slo_s": 2.0, "tpot_slo_s": 0.05}
-    types = [TINY, TINY_Q, TINY]
     placement = placement_for(kind)
-    names = sorted({inst.model for inst in placement.instances})
-    models = [SimModel(name, types[i], 1.0, **slo) for i, name in enumerate(names)]
+    models = small_models(placement)
     spec = scheme_spec(scheme)
     sim = ClusterSim(models, placement, spec, table, table.interference, gpu, max_steps=max_steps)
     records = sim.run(requests(150, seed, 200.0, len(models))).records
@@ -127,7 +140,7 @@ def test_parked_lanes_give_the_records_of_the_plain_path(
     """FCFS schemes on tight and ample arenas, engines whose GPU sets overlap: records, steps
     and preemptions exactly as when every idle lane with work is planned at every event of
     its group; under pressure lanes park (and each skipped plan is checked)."""
-    gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
+    gpu = small_gpu(memory_mib)
     checked = {"n": 0}
     args = (scheme, kind, gpu, seed, max_steps)
     plain = run(*args, False, table, monkeypatch, checked)

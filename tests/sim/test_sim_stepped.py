@@ -6,12 +6,10 @@ and floats), and so are steps and preemptions."""
 from __future__ import annotations
 
 import pytest
-from tests.sim.conftest import TINY, TINY_Q
 from tests.sim.test_sim_horizon import facts
-from tests.sim.test_sim_parked import placement_for, requests
+from tests.sim.test_sim_parked import placement_for, requests, small_gpu, small_models
 
 from fineserve.costmodel.table import TableCostModel
-from fineserve.sim.catalog import GpuSpec, SimModel
 from fineserve.sim.loop import ClusterSim, SimLane
 from fineserve.sim.schemes import get_scheme
 
@@ -39,14 +37,9 @@ def run(
         next_iteration(self, lane)
 
     monkeypatch.setattr(ClusterSim, "_next_iteration", counted)
-    gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
+    gpu = small_gpu(memory_mib)
     placement = placement_for(kind)
-    names = sorted({inst.model for inst in placement.instances})
-    types = [TINY, TINY_Q, TINY]
-    models = [
-        SimModel(name, types[i], 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05)
-        for i, name in enumerate(names)
-    ]
+    models = small_models(placement)
     spec = get_scheme(scheme)
     sim = ClusterSim(models, placement, spec, table, table.interference, gpu)
     records = sim.run(requests(150, seed, rate, len(models))).records

@@ -1,10 +1,21 @@
-"""`bench.profile` helpers that need no engine: the process clock, pooling, drift."""
+"""`bench.profile` helpers that need no engine: the process clock, pooling, drift, the
+checkpoint's qformat label."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from fineserve.bench.profile import ProcessClock, drift, make_clock, pool_rows, row_from_runs
+from fineserve.bench.profile import (
+    ProcessClock,
+    drift,
+    make_clock,
+    pool_rows,
+    qformat_of,
+    row_from_runs,
+)
 from fineserve.engine.clock import WallClock
 
 
@@ -69,3 +80,28 @@ def test_row_from_runs_median_or_mean() -> None:
     assert mean["tpot"] == pytest.approx(0.4)
     assert mean["mixed_time"] == pytest.approx(4.0)
     assert mean["prefill_runs"] == [1.0, 2.0, 6.0]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "qformat"),
+    [
+        ("ct-fp8-dynamic", "fp8"),
+        ("ct-fp8-kv", "fp8"),
+        ("ct-w8a8-int8", "w8a8"),
+        ("ct-w4a16", "gptq"),
+        ("awq-gemm", "awq"),
+    ],
+)
+def test_qformat_of_real_tool_checkpoints(fixture: str, qformat: str) -> None:
+    """The profile labels a checkpoint with the cost model's name for its scheme, read as the
+    loader reads it (llmcompressor writes quant_method "compressed-tensors" for all of them)."""
+    folder = Path(__file__).parents[1] / "fixtures" / "checkpoints" / fixture
+    assert qformat_of(folder) == qformat
+
+
+def test_qformat_of_dense_and_unknown(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert qformat_of(tmp_path) == "bf16"
+    cfg = {"dtype": "float16", "quantization_config": {"quant_method": "bitsandbytes"}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert qformat_of(tmp_path) == "bitsandbytes"

@@ -104,13 +104,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def qformat_of(folder: Path) -> str:
-    """The checkpoint's precision as a cost-model qformat (quant method, else its dtype)."""
+    """The checkpoint's precision as a cost-model qformat (`costmodel.roofline.QFORMATS`
+    names), from its quantization config as the loader reads it: compressed-tensors
+    float-quantized -> "fp8", int-quantized W8A8 -> "w8a8", weight-only int4 -> "gptq" (8-bit
+    weight-only -> "w8a16"), AWQ, GPTQ and QoQ by their method; a dense checkpoint gives its
+    dtype ("bf16", "fp16", "fp32"); a config the loader cannot read gives its raw
+    `quant_method`."""
+    from fineserve.execution.quant.config import parse_quant_config
+    from fineserve.execution.quant.errors import UnsupportedQuantError
+
     config = json.loads((folder / "config.json").read_text())
-    quant = config.get("quantization_config") or {}
-    method = str(quant.get("quant_method") or "").lower()
-    if method:
-        return method
-    return str(config.get("dtype") or config.get("torch_dtype") or "fp32").replace("float", "fp")
+    try:
+        qcfg = parse_quant_config(config)
+    except UnsupportedQuantError:
+        quant = config.get("quantization_config") or config.get("compression_config") or {}
+        return str(quant.get("quant_method") or "unknown").lower()
+    if qcfg.method == "none":
+        dtype = config.get("dtype") or config.get("torch_dtype") or "fp32"
+        return str(dtype).replace("bfloat", "bf").replace("float", "fp")
+    if qcfg.method == "ct-w4a16":
+        return "gptq" if qcfg.bits == 4 else f"w{qcfg.bits}a16"
+    return qcfg.method
 
 
 @dataclass(frozen=True)

@@ -279,9 +279,7 @@ def muxserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
     of the model needs at its batch), and its load is the model's whole rate.
     """
     singles = {m.name: _one_instance(sizer, m) for m in problem.models}
-    order = sorted(
-        problem.models, key=lambda m: (-singles[m.name].util * singles[m.name].tp, m.name)
-    )
+    order = sorted(problem.models, key=lambda m: (-singles[m.name].cost, m.name))
     state = ClusterState(problem, sizer)
 
     def score(opt: Option, group: Group) -> float:

@@ -50,6 +50,27 @@ def test_routes_by_model_and_balances() -> None:
     asyncio.run(main())
 
 
+def test_routes_by_the_models_own_outstanding_work() -> None:
+    """A replica beside a busy neighbour but with less work of the request's own model wins
+    over a replica with less work in total."""
+
+    async def main() -> None:
+        gw = Gateway([worker("w0", ("a", "b")), worker("w2", ("a",))])
+        await gw.start()
+        streams = [gw.generate(req("a1", "a", 64)), gw.generate(req("a2", "a", 64))]
+        streams += [gw.generate(req(f"b{k}", "b", 64)) for k in range(3)]
+        streams.append(gw.generate(req("a3", "a", 64)))  # a-work tie: least total, w2
+        assert gw._owner["a1"] == "w0" and gw._owner["a2"] == "w2" and gw._owner["a3"] == "w2"
+        streams.append(gw.generate(req("a4", "a", 64)))
+        assert gw._owner["a4"] == "w0"  # 1 request of a vs 2, though 4 in all vs 2
+        for s in streams:
+            assert [d async for d in s][-1].finished
+        assert all(v == 0 for slot in gw._slots.values() for v in slot.by_model.values())
+        await gw.stop()
+
+    asyncio.run(main())
+
+
 def test_dead_worker_fails_fast_and_is_routed_around() -> None:
     async def main() -> None:
         w0, w1 = worker("w0", ("a",)), worker("w1", ("a",))

@@ -43,3 +43,19 @@ def test_a_long_prefill_does_not_hold_back_another_models_decode(table, gpu) -> 
     worst = table.interference.colocated_slowdown(1.0, 2)  # both prefilling
     assert solo < short.finish_s <= solo * worst + 1e-12
     assert long_end > prefill_s(2000)  # it was slowed by the concurrent lane
+
+
+def test_a_request_goes_to_the_replica_with_the_fewest_of_its_own_model(table, gpu) -> None:
+    """m0 has a replica beside m1 (GPU 0) and one alone (GPU 1): with 3 m1 requests on GPU 0
+    the second m0 request still goes there (0 of m0 vs 1), the third to GPU 1 (a tie on m0,
+    fewer in all) — as the gateway routes (`Gateway.route`)."""
+    models = [tiny_model(), SimModel("m1", TINY_Q, 1.0, ttft_slo_s=1.0)]
+    placement = Placement(
+        (PlacedInstance("m0", (0,)), PlacedInstance("m1", (0,)), PlacedInstance("m0", (1,))), 2
+    )
+    sim = ClusterSim(models, placement, get_scheme("fineserve"), table, table.interference, gpu)
+    reqs = [SimRequest(f"b{k}", "m1", 0.0, 10, 4) for k in range(3)]
+    reqs += [SimRequest(f"a{k}", "m0", 0.0, 10, 4) for k in range(3)]
+    sim.run(reqs, horizon_s=0.0)
+    where = {rid: min(eng.gpus) for rid, eng in sim._engine_of.items() if rid.startswith("a")}
+    assert where == {"a0": 1, "a1": 0, "a2": 1}

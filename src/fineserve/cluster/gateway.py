@@ -2,8 +2,12 @@
 
 A *worker* hosts one engine with its co-located models (one GPU or TP group of a placement).
 The gateway sends each request to the healthy, non-draining worker hosting its model that has
-the least outstanding work (prompt + max tokens of its requests in flight), and implements the
-server's `Backend` protocol, so `create_app(gateway)` serves a whole cluster.
+the least outstanding work *of that model* (prompt + max tokens of its requests in flight; ties:
+the least outstanding work of every model), and implements the server's `Backend` protocol, so
+`create_app(gateway)` serves a whole cluster. A model's own queue is what its time to first
+token waits behind: co-located models run in step lanes of their own and reach it only through
+the GPU they share, so a replica beside a busy neighbour but with a short queue of its own is
+the better choice (the simulator routes the same way, `sim.loop.least_loaded`).
 
 Invariants:
 - no new request goes to an unhealthy or draining worker; with no such worker for the model the
@@ -67,6 +71,7 @@ class _Slot:
     draining: bool = False
     outstanding: int = 0
     requests: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str, int] = field(default_factory=dict)  # outstanding work per model
 
 
 class Gateway:
@@ -171,9 +176,10 @@ class Gateway:
             task.add_done_callback(lambda t: t.exception())
 
     def route(self, model: str) -> str:
-        """The worker a request for ``model`` goes to now (least outstanding work)."""
+        """The worker a request for ``model`` goes to now (least outstanding work of ``model``,
+        then least outstanding work)."""
         ready = [
-            (s.outstanding, n)
+            (s.by_model.get(model, 0), s.outstanding, n)
             for n, s in self._slots.items()
             if s.healthy and not s.draining and any(i.name == model for i in s.worker.models())
         ]
@@ -183,7 +189,7 @@ class Gateway:
             raise BackendUnavailable(
                 f"no healthy replica of {model!r}", RETRY_AFTER_S, code="no_replica"
             )
-        return min(ready)[1]
+        return min(ready)[2]
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self._stopping:
@@ -192,6 +198,7 @@ class Gateway:
         slot = self._slots[name]
         work = len(request.prompt_token_ids) + request.sampling.max_tokens
         slot.outstanding += work
+        slot.by_model[request.model] = slot.by_model.get(request.model, 0) + work
         slot.requests[request.request_id] = work
         self._owner[request.request_id] = name
         self._model_of[request.request_id] = request.model
@@ -207,6 +214,8 @@ class Gateway:
                 f"replica lost: {exc}", RETRY_AFTER_S, code="replica_lost"
             ) from None
         finally:
-            slot.outstanding -= slot.requests.pop(request.request_id, 0)
+            work = slot.requests.pop(request.request_id, 0)
+            slot.outstanding -= work
+            slot.by_model[request.model] = slot.by_model.get(request.model, 0) - work
             self._owner.pop(request.request_id, None)
             self._model_of.pop(request.request_id, None)

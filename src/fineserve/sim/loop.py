@@ -113,7 +113,8 @@ class SimEngine:
     allocator: KVAllocator
     models: list[str]
     map_cost_s: float = 0.0
-    outstanding: int = 0
+    outstanding: int = 0  # requests in flight, all models
+    outstanding_by: dict[str, int] = field(default_factory=dict)  # ... per model
     map_seen: int = 0
     retired: bool = False
     gpus: frozenset[int] = frozenset()
@@ -340,7 +341,7 @@ class ClusterSim:
         if not routes:
             self.book.fail(req.request_id, "unplaced: the placement has no instance of it")
             return
-        eng = min(routes, key=lambda e: e.outstanding)
+        eng = least_loaded(routes, req.model)
         try:
             eng.engine.add_request(
                 req.request_id,
@@ -354,6 +355,7 @@ class ClusterSim:
             self.book.fail(req.request_id, f"invalid: {exc}")
             return
         eng.outstanding += 1
+        eng.outstanding_by[req.model] = eng.outstanding_by.get(req.model, 0) + 1
         self._engine_of[req.request_id] = eng
         lane = eng.lane_of[req.model]
         group = eng.group
@@ -623,6 +625,13 @@ class ClusterSim:
                 owner = self._engine_of.pop(out.request_id, None)
                 if owner is not None:
                     owner.outstanding -= 1
+                    owner.outstanding_by[self.book.records[out.request_id].model] -= 1
+
+
+def least_loaded(routes: Sequence[SimEngine], model: str) -> SimEngine:
+    """The engine a new request of `model` goes to: the fewest requests of `model` in flight,
+    then the fewest in all, then the first (as `cluster.gateway.Gateway.route` routes)."""
+    return min(routes, key=lambda e: (e.outstanding_by.get(model, 0), e.outstanding))
 
 
 def gpu_domains(sets: Sequence[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:

@@ -4,7 +4,8 @@
 Poisson arrivals, ShareGPT lengths, TTFT SLO = scale x solo TTFT of the mean ShareGPT prompt.
 For every (total rate, SLO scale) point every scheme runs the same requests on its own
 placement. Metrics come from `workload.metrics.summarize` over the arrival window plus a drain
-period; `sim_speedup` = simulated seconds of all runs / wall seconds spent simulating them.
+period; `sim_speedup` = simulated seconds of all runs / wall seconds spent simulating them,
+planning simulations of verified placements (`sim.verify`) included.
 The only module of `sim/` that reads a timer (`engine.clock.perf_counter`) — to report speed,
 never to drive the simulation.
 """
@@ -23,7 +24,8 @@ from fineserve.engine.clock import perf_counter
 from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import Placement, fill_unplaced, fixed_placement, policy_placement
-from fineserve.sim.schemes import SCHEMES, get_scheme
+from fineserve.sim.schemes import SCHEMES, SchemeSpec, get_scheme
+from fineserve.sim.verify import PLANNING_SEED_OFFSET, Trial, Verified, choose_placement
 from fineserve.sim.workload import (
     MUXSERVE_ALPHA,
     assign_rates,
@@ -75,19 +77,53 @@ def placement_for(
     gpu: GpuSpec,
     cost: CostModel,
     mean_lengths: tuple[int, int],
+    policy: str | None = None,
 ) -> Placement:
-    """The scheme's placement from `fineserve.scheduler.placement` (its policy, each model at
-    its catalogue TP), with the models it leaves out placed best effort on leftover memory
-    (`fill_unplaced`, the same rule for every scheme); the built-in `fixed_placement` if that
-    policy raises."""
+    """The scheme's placement from `fineserve.scheduler.placement` (its policy, or `policy`;
+    each model at its catalogue TP), with the models it leaves out placed best effort on
+    leftover memory (`fill_unplaced`, the same rule for every scheme); the built-in
+    `fixed_placement` if that policy raises."""
     spec = get_scheme(scheme)
     try:
         placement, _ = policy_placement(
-            models, num_gpus, gpu, spec.placement_policy, cost, *mean_lengths
+            models, num_gpus, gpu, policy or spec.placement_policy, cost, *mean_lengths
         )
     except ValueError:
         return fixed_placement(models, num_gpus, gpu, spec.placement_score)
     return fill_unplaced(placement, models, gpu)[0]
+
+
+@dataclass(frozen=True)
+class Planning:
+    """What a planning simulation knows: the cost and interference models, the length
+    distribution, the mean lengths the policies plan with, and the evaluation's seed."""
+
+    cost: CostModel
+    interference: InterferenceModel
+    lengths: Sequence[tuple[int, int]]
+    mean_lengths: tuple[int, int]
+    seed: int
+    drain_s: float = 30.0
+
+
+def verified_placement(
+    spec: SchemeSpec, models: Sequence[SimModel], num_gpus: int, gpu: GpuSpec, plan: Planning
+) -> Verified:
+    """`spec`'s placement verified by simulation (`sim.verify`): each of its
+    `placement_candidates` run by the scheme on a planning workload of its own seed."""
+    reqs = poisson_requests(models, plan.lengths, spec.verify_s, plan.seed + PLANNING_SEED_OFFSET)
+    candidates = {
+        policy: placement_for(spec.name, models, num_gpus, gpu, plan.cost, plan.mean_lengths,
+                              policy)
+        for policy in spec.placement_candidates
+    }  # fmt: skip
+
+    def simulate(placement: Placement) -> Trial:
+        res = run_scheme(spec.name, models, reqs, plan.cost, plan.interference, num_gpus,
+                         spec.verify_s + plan.drain_s, gpu, placement)  # fmt: skip
+        return Trial(float(res.summary["slo_attainment"] or 0.0), res.sim_s, res.wall_s)
+
+    return choose_placement(candidates, simulate)
 
 
 def run_scheme(
@@ -139,6 +175,7 @@ def run_paper(
     lengths = sharegpt_lengths(data_dir)
     ref = mean_prompt(lengths)
     mean_out = round(sum(o for _, o in lengths) / max(len(lengths), 1))
+    plan = Planning(cost, interference, lengths, (ref, mean_out), cfg.seed, cfg.drain_s)
     points: list[dict[str, Any]] = []
     sim_total = wall_total = 0.0
     detail: list[dict[str, Any]] = []
@@ -148,9 +185,19 @@ def run_paper(
             reqs = poisson_requests(models, lengths, cfg.duration_s, cfg.seed)
             schemes: dict[str, dict[str, float]] = {}
             for name in cfg.schemes:
-                placement = placement_for(
-                    name, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
-                )
+                spec = get_scheme(name)
+                chosen: dict[str, Any] = {}
+                if spec.placement_candidates:
+                    v = verified_placement(spec, models, cfg.num_gpus, GpuSpec(), plan)
+                    placement = v.placement
+                    sim_total += v.sim_s
+                    wall_total += v.wall_s
+                    chosen = {"placement": v.chosen, "planning_attainment": dict(v.scores),
+                              "planning_wall_s": v.wall_s}  # fmt: skip
+                else:
+                    placement = placement_for(
+                        name, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
+                    )
                 res = run_scheme(name, models, reqs, cost, interference, cfg.num_gpus,
                                  cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
                 sim_total += res.sim_s
@@ -163,7 +210,7 @@ def run_paper(
                 }
                 detail.append({"rate": rate, "slo_scale": scale, "scheme": name,
                                "requests": s["requests"], "sim_s": res.sim_s,
-                               "wall_s": res.wall_s, **res.stats})  # fmt: skip
+                               "wall_s": res.wall_s, **res.stats, **chosen})  # fmt: skip
                 if progress is not None:
                     progress(
                         f"rate {rate:g} scale {scale:g} {name}: attainment "

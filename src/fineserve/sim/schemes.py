@@ -31,6 +31,9 @@ class SchemeSpec:
     `reserve`: "none"; "rate" (each model is owed a rate-proportional share of the group's KV
     memory, MuxServe's quota; unused quota can be borrowed while nobody claims it);
     "floor" (each model is owed `floor_tokens` of KV, FineServe's starvation guard).
+    `placement_candidates`: placement policies whose placements are tried in a planning
+    simulation of this scheme, the best kept (`sim.verify`); empty: `placement_policy` alone.
+    `verify_s`: the planning workload's arrival window.
     """
 
     name: str
@@ -47,6 +50,8 @@ class SchemeSpec:
     target_slabs: int = 128
     lanes: bool = False
     policy_options: tuple[tuple[str, object], ...] = ()
+    placement_candidates: tuple[str, ...] = ()
+    verify_s: float = 30.0
     summary: str = ""
 
     def make_policy(self) -> Policy:
@@ -75,7 +80,9 @@ SCHEMES: Mapping[str, SchemeSpec] = {
     "fineserve_plus": SchemeSpec(
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
         policy_options=(("tpot_budget", True), ("fewest_misses", True)),
-        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes",
+        placement_candidates=("fineserve", "prism"),
+        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
+        "simulation-verified placement",
     ),
 }  # fmt: skip
 

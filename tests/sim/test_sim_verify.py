@@ -1,0 +1,59 @@
+"""Simulation-verified placement: the best candidate of a planning simulation is kept."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fineserve.costmodel.registry import make_cost_model
+from fineserve.costmodel.table import load_fitted_interference
+from fineserve.sim.catalog import GpuSpec, paper_models
+from fineserve.sim.experiments import Planning, placement_for, verified_placement
+from fineserve.sim.placement import PlacedInstance, Placement
+from fineserve.sim.schemes import get_scheme
+from fineserve.sim.verify import Trial, choose_placement
+from fineserve.sim.workload import assign_rates, sharegpt_lengths, with_slos
+
+
+def one(model: str, gpu: int) -> Placement:
+    return Placement((PlacedInstance(model, (gpu,)),), 2)
+
+
+def test_the_highest_attainment_wins_and_ties_keep_the_earlier() -> None:
+    cands = {"a": one("m", 0), "b": one("m", 1), "c": one("n", 0)}
+    score = {cands["a"]: 0.5, cands["b"]: 0.8, cands["c"]: 0.8}
+    v = choose_placement(cands, lambda p: Trial(score[p], 10.0, 0.5))
+    assert v.chosen == "b" and v.placement == cands["b"]
+    assert dict(v.scores) == {"a": 0.5, "b": 0.8, "c": 0.8}
+    assert (v.sim_s, v.wall_s) == (30.0, 1.5)  # every trial is counted
+
+
+def test_no_candidates_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_placement({}, lambda p: Trial(1.0, 0.0, 0.0))
+
+
+def test_verified_placement_is_the_best_candidate_of_its_planning_run() -> None:
+    cost = make_cost_model("h100")
+    lengths = sharegpt_lengths(None, n=2000)
+    models = with_slos(assign_rates(paper_models(1), 30.0, 0.9, 0), cost, 5.0, 512)
+    spec = replace(get_scheme("fineserve_plus"), verify_s=5.0)
+    plan = Planning(cost, load_fitted_interference(), lengths, (512, 256), seed=0, drain_s=10.0)
+    v = verified_placement(spec, models, 8, GpuSpec(), plan)
+    assert set(v.scores) == set(spec.placement_candidates)
+    assert v.scores[v.chosen] == max(v.scores.values())
+    assert v.placement == placement_for(spec.name, models, 8, GpuSpec(), cost, (512, 256),
+                                        v.chosen)  # fmt: skip
+    assert 0.0 < min(v.scores.values()) <= 1.0 and v.sim_s > 0.0
+    again = verified_placement(spec, models, 8, GpuSpec(), plan)
+    assert (again.chosen, dict(again.scores)) == (v.chosen, dict(v.scores))
+
+
+def test_every_scheme_lists_known_placement_policies() -> None:
+    from fineserve.scheduler.placement.registry import POLICIES
+
+    for name in ("static", "muxserve", "prism", "fineserve", "fineserve_plus"):
+        spec = get_scheme(name)
+        assert set(spec.placement_candidates) <= set(POLICIES)
+    assert get_scheme("fineserve_plus").placement_candidates[0] == "fineserve"

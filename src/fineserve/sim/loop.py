@@ -233,7 +233,9 @@ class ClusterSim:
                 continue
             group = domains[gpus]
             ms = [self.models[n] for n in names]
-            alloc, engines = build_group_engines(self.scheme, ms, arenas[gpus], self.cost_model)
+            alloc, engines = build_group_engines(
+                self.scheme, ms, arenas[gpus], self.cost_model, self.interference
+            )
             for engine, served in engines:
                 eng = SimEngine(engine, group, alloc, served, self.scheme.map_cost_s)
                 eng.gpus = frozenset(gpus)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fineserve.costmodel.base import CostModel
+from fineserve.costmodel.base import CostModel, InterferenceModel
 from fineserve.engine.engine import Engine
 from fineserve.memory.allocator import KVAllocator, ModelKV
 from fineserve.memory.registry import make_allocator
@@ -34,6 +34,8 @@ class SchemeSpec:
     `placement_candidates`: placement policies whose placements are tried in a planning
     simulation of this scheme, the best kept (`sim.verify`); empty: `placement_policy` alone.
     `verify_s`: the planning workload's arrival window.
+    `interference_aware`: the local scheduler plans each lane knowing the engine's other lanes
+    in flight on its GPUs (`LocalScheduler(interference=...)`, the simulator's own model).
     """
 
     name: str
@@ -52,6 +54,7 @@ class SchemeSpec:
     policy_options: tuple[tuple[str, object], ...] = ()
     placement_candidates: tuple[str, ...] = ()
     verify_s: float = 30.0
+    interference_aware: bool = False
     summary: str = ""
 
     def make_policy(self) -> Policy:
@@ -80,9 +83,9 @@ SCHEMES: Mapping[str, SchemeSpec] = {
     "fineserve_plus": SchemeSpec(
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
         policy_options=(("tpot_budget", True), ("fewest_misses", True)),
-        placement_candidates=("fineserve", "prism"),
+        placement_candidates=("fineserve", "prism"), interference_aware=True,
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
-        "simulation-verified placement",
+        "interference-aware admission, simulation-verified placement",
     ),
 }  # fmt: skip
 
@@ -128,12 +131,14 @@ def build_group_engines(
     models: Sequence[SimModel],
     arena_bytes: int,
     cost_model: CostModel,
+    interference: InterferenceModel | None = None,
 ) -> tuple[KVAllocator, list[tuple[Engine, list[str]]]]:
     """The shared allocator of a GPU group and its engines, each with the models it serves.
 
     All engines of a group share one allocator (one arena): per-model engines only ever touch
     their own model's pages. The engines' executors are never called by the simulator (it
     costs batches itself); a `SimExecutor` is attached so each engine also works stand-alone.
+    `interference` reaches the local schedulers of an `interference_aware` scheme only.
     """
     kvs = _model_kvs(scheme, models, arena_bytes)
     options: dict[str, object] = {}
@@ -150,8 +155,9 @@ def build_group_engines(
         budget = scheme.token_budget * (1 if scheme.lanes else len(part))
         config = SchedulerConfig(token_budget=budget, max_running=scheme.max_running)
         scheduler = LocalScheduler(
-            [served_model(m) for m in part], allocator, cost_model, scheme.make_policy(), config
-        )
+            [served_model(m) for m in part], allocator, cost_model, scheme.make_policy(), config,
+            interference if scheme.interference_aware else None,
+        )  # fmt: skip
         engine = Engine(scheduler, SimExecutor(cost_model or LinearCostModel()))
         engines.append((engine, [m.name for m in part]))
     return allocator, engines

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
+from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey, InterferenceModel
 
-__all__ = ["BatchShape", "CostModel", "InstanceKey"]
+__all__ = ["BatchShape", "CostModel", "InstanceKey", "InterferenceModel"]

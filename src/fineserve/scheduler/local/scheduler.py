@@ -23,7 +23,7 @@ from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
 from fineserve.memory.errors import OutOfPagesError
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
-from fineserve.scheduler.local.costs import CostModel, InstanceKey
+from fineserve.scheduler.local.costs import CostModel, InstanceKey, InterferenceModel
 from fineserve.scheduler.local.policies import Policy, PolicyContext, make_policy
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence, Status
@@ -56,8 +56,12 @@ class LocalScheduler(SchedulerState):
         cost_model: CostModel,
         policy: Policy | str = "saab",
         config: SchedulerConfig | None = None,
+        interference: InterferenceModel | None = None,
     ) -> None:
+        """`interference`: how co-located steps slow each other; given, a lane's plan is made
+        knowing the engine's other lanes in flight (`PolicyContext.slowdown`)."""
         super().__init__(models, allocator, config)
+        self.interference = interference
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.predictor = Predictor(cost_model, self.models, self.config.token_budget)
         self._step_id = 0
@@ -129,6 +133,9 @@ class LocalScheduler(SchedulerState):
             self.config.unmeetable,
             can_start=self._can_start,
         )
+        if self.interference is not None and self._busy:
+            in_flight = len({other.step_id for other in self._busy.values()})
+            ctx.slowdown = self.interference.colocated_slowdown(1.0, 1 + in_flight)
         self._all_lane = len(names) == len(self.models)
         budget = self._schedule_decodes(plan, builds, lane, ctx)
         self._refused_all = False

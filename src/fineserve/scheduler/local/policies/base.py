@@ -37,6 +37,9 @@ class PolicyContext:
     # model -> contexts of every running decode, in the order `decode_limit` gets them
     decode_contexts: dict[str, list[int]] = field(default_factory=dict)
     can_start: Callable[[Sequence], bool] = lambda seq: True  # memory and running limits
+    # predicted time multiplier of this lane's prefill steps from the engine's other lanes in
+    # flight beside it (`LocalScheduler(interference=...)`; 1.0 without an interference model)
+    slowdown: float = 1.0
 
 
 @dataclass

@@ -105,3 +105,16 @@ def test_qformat_of_dense_and_unknown(tmp_path: Path) -> None:
     cfg = {"dtype": "float16", "quantization_config": {"quant_method": "bitsandbytes"}}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert qformat_of(tmp_path) == "bitsandbytes"
+
+
+def test_point_steps_in_order_interleaves_the_decode_before_each_mixed_step() -> None:
+    from fineserve.bench.profile import PointSteps
+
+    steps = PointSteps(0.02, (0.004, 0.005), (0.03, 0.031), (0.0,) * 6, between=(0.006, 0.007))
+    assert steps.in_order == (0.02, 0.004, 0.005, 0.006, 0.03, 0.007, 0.031)
+    # the row's figures leave the decode steps between the mixed ones out
+    assert steps.summary == pytest.approx((0.02, 0.0045, 0.0305))
+    # probes without them (older runs): mixed steps back to back
+    assert PointSteps(0.02, (0.004,), (0.03, 0.031), (0.0,) * 4).in_order == (
+        0.02, 0.004, 0.03, 0.031,
+    )  # fmt: skip

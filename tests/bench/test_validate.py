@@ -162,8 +162,15 @@ def test_probe_shapes_follow_measure_point_steps() -> None:
     shapes = v.probe_shapes(2, 16, 3, 2)
     assert [s.prefill for s in shapes[:1]] == [((16, 0), (16, 0))]
     assert [s.decode_context for s in shapes[1:4]] == [(16, 16), (17, 17), (18, 18)]
-    assert shapes[4] == BatchShape(prefill=((16, 0),), decode_context=(19, 19))
+    # each mixed step follows one decode step of the batch
+    assert shapes[4] == BatchShape(decode_context=(19, 19))
     assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(20, 20))
+    assert shapes[6] == BatchShape(decode_context=(21, 21))
+    assert shapes[7] == BatchShape(prefill=((16, 0),), decode_context=(22, 22))
+    assert len(shapes) == 8
+    # probes without the decode steps between (`PointSteps.between` empty): mixed back to back
+    old = v.probe_shapes(2, 16, 3, 2, between=False)
+    assert old[4:] == [BatchShape(prefill=((16, 0),), decode_context=(c, c)) for c in (19, 20)]
 
 
 def test_timed_steps_pair_each_probe_step_with_its_prediction(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The table's extra fixed cost of mixed (prefill + decode) steps, fitted from `mixed_time`.
 
 Invariants: without `mixed_time` rows (the H100 profile) the extra is 0 and the formula is the
-fitted one alone; with them, a mixed step costs the fitted formula plus the median residual of
-the measured mixed steps (>= 0, so adding decodes to a prefill never makes a step cheaper).
+fitted one alone; with them, a mixed step costs the fitted formula plus m0 + m1 * decodes fitted
+to the measured mixed steps' residuals (both >= 0, so adding decodes to a prefill never makes a
+step cheaper).
 """
 
 from __future__ import annotations
@@ -88,3 +89,40 @@ def test_committed_h100_fit_has_no_extra() -> None:
     expected = max(a, d) + b * tokens + cp * pairs + g * max(0.0, tokens - knee) * (knee > 0)
     expected += e * 2 + f * 200
     assert model.step_time(key, MIXED) == pytest.approx(expected)
+
+
+def _rows_growing(m0: float, m1: float) -> list[dict[str, float | int | str]]:
+    """`_rows(0)` with mixed steps costing m0 + m1 * batch_size more than the formula."""
+    rows = _rows(0.0)
+    for row in rows:
+        row["mixed_time"] = float(row["mixed_time"]) + m0 + m1 * int(row["batch_size"])
+    return rows
+
+
+def test_extra_growing_with_the_decodes_is_recovered(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    write_profile(path, _rows_growing(0.002, 0.0005))
+    model = TableCostModel.from_csv(path)
+    m0, m1 = model.mixed_terms(KEY)
+    assert (m0, m1) == pytest.approx((0.002, 0.0005), rel=1e-3)
+    plain = _table(tmp_path, None)
+    for n in (1, 2, 7):
+        shape = BatchShape(prefill=((64, 0),), decode_context=(100,) * n)
+        diff = model.step_time(KEY, shape) - plain.step_time(KEY, shape)
+        assert diff == pytest.approx(0.002 + 0.0005 * n, rel=1e-3)
+
+
+def test_constant_extra_has_no_decode_term(tmp_path: Path) -> None:
+    model = _table(tmp_path, 0.003)
+    m0, m1 = model.mixed_terms(KEY)
+    assert m0 == pytest.approx(0.003, rel=1e-3)
+    assert m1 == pytest.approx(0.0, abs=1e-7)
+
+
+def test_one_slow_row_does_not_move_the_extra(tmp_path: Path) -> None:
+    rows = _rows_growing(0.002, 0.0005)
+    rows[4]["mixed_time"] = float(rows[4]["mixed_time"]) + 0.05  # caught in a slow spell
+    path = tmp_path / "p.csv"
+    write_profile(path, rows)
+    m0, m1 = TableCostModel.from_csv(path).mixed_terms(KEY)
+    assert (m0, m1) == pytest.approx((0.002, 0.0005), rel=1e-3)

@@ -2,12 +2,12 @@
 
 For every (batch size, input length) of a grid, the engine (torch executor, one model in its
 own arena, wall clock), after one warm-up request, runs `batch` prompts of `input_len` tokens
-as one prefill step, then `output_len - 1` decode steps, then one step that prefills one more
-prompt of `input_len` tokens beside the batch's decodes (`mixed_steps` such steps in
-`measure_point_steps`, one prompt each; `sim --validate` times 4). Rows follow the schema of
-the H100 profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` = the prefill
-step, `tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both, plus
-`mixed_time` = the (mean) mixed step (the table's extra fixed cost of mixed batches is fitted
+as one prefill step, then `output_len - 1` decode steps, then one decode step and one step that
+prefills one more prompt of `input_len` tokens beside the batch's decodes (`mixed_steps` such
+pairs in `measure_point_steps`, one prompt each; `sim --validate` times 4). Rows follow the
+schema of the H100 profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` =
+the prefill step, `tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both,
+plus `mixed_time` = the (mean) mixed step (the table's extra cost of mixed batches is fitted
 from it). A step is timed whole (planning, execution and output handling), as a user sees
 it; the table feeds `make_cost_model("table:<path>")`.
 
@@ -130,13 +130,15 @@ def qformat_of(folder: Path) -> str:
 @dataclass(frozen=True)
 class PointSteps:
     """Every timed step of one grid point's run (seconds on the run's clock): the prefill step,
-    the decode steps, the mixed steps, and each step's start (same order: prefill, decodes,
-    mixed) relative to the prefill's start."""
+    the decode steps, the mixed steps, the decode step run right before each mixed step
+    (`between`, not part of the row), and each step's start relative to the prefill's start
+    in the order they ran: prefill, decodes, then between[0], mixed[0], between[1], ..."""
 
     prefill: float
     decode: tuple[float, ...]
     mixed: tuple[float, ...]
     starts: tuple[float, ...]
+    between: tuple[float, ...] = ()
 
     @property
     def summary(self) -> tuple[float, float, float]:
@@ -144,6 +146,15 @@ class PointSteps:
         tpot = statistics.fmean(self.decode) if self.decode else 0.0
         mixed = statistics.fmean(self.mixed) if self.mixed else 0.0
         return self.prefill, tpot, mixed
+
+    @property
+    def in_order(self) -> tuple[float, ...]:
+        """Every step's seconds in the order they ran (as `starts`)."""
+        if self.between:
+            tail = tuple(t for pair in zip(self.between, self.mixed, strict=True) for t in pair)
+        else:
+            tail = self.mixed
+        return (self.prefill, *self.decode, *tail)
 
 
 def measure_point(
@@ -177,11 +188,14 @@ def measure_point_steps(
     """Every timed step of one grid point, on `clock`.
 
     The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps; then,
-    `mixed_steps` times, one more prompt of `input_len` tokens arrives and the next step
-    prefills it beside the batch's decodes (a mixed step; that prompt asks for one token, so
-    it leaves in its step and the decodes stay `batch`). The arena holds `arena_tokens` tokens
-    (default: the point's own tokens, see `_arena_bytes`); give the arena of the run the table
-    is for.
+    `mixed_steps` times, one decode step of the batch and a mixed step: one more prompt of
+    `input_len` tokens arrives and the next step prefills it beside the batch's decodes (that
+    prompt asks for one token, so it leaves in its step and the decodes stay `batch`). Each
+    mixed step follows a decode step, as most of a serving engine's mixed steps do: identical
+    mixed steps run back to back timed 2-5% faster than the first of them (measured on the
+    validation's probes, 2026-11-22), a warm state the real engine, whose consecutive steps
+    differ, does not have. The arena holds `arena_tokens` tokens (default: the
+    point's own tokens, see `_arena_bytes`); give the arena of the run the table is for.
     """
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
@@ -189,7 +203,7 @@ def measure_point_steps(
     from fineserve.sim.executor import LinearCostModel
 
     n_mixed = max(1, mixed_steps)
-    tokens = (batch + 1) * (input_len + output_len + n_mixed)
+    tokens = (batch + 1) * (input_len + output_len + 2 * n_mixed)
     engine, _ = load_torch_engine(
         [TorchModel(name, folder)],
         arena_bytes=_arena_bytes(folder, tokens if arena_tokens is None else arena_tokens),
@@ -203,21 +217,25 @@ def measure_point_steps(
     engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
-        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len + n_mixed, sampling=params)
+        engine.add_request(
+            f"p{i}", name, prompt, max_tokens=output_len + 2 * n_mixed, sampling=params
+        )
     origin = engine.clock.now()
     starts: list[float] = []
     steps = []
     for _ in range(output_len):
         starts.append(engine.clock.now() - origin)
         steps.append(_timed_step(engine))
-    mixed = []
+    mixed, between = [], []
     for j in range(n_mixed):
+        starts.append(engine.clock.now() - origin)
+        between.append(_timed_step(engine))
         prompt = [(5 + 11 * j + k) % 200 + 3 for k in range(input_len)]
         engine.add_request(f"mixed{j}", name, prompt, max_tokens=1, sampling=params)
         starts.append(engine.clock.now() - origin)
         mixed.append(_timed_step(engine))
     engine.run_until_idle()
-    return PointSteps(steps[0], tuple(steps[1:]), tuple(mixed), tuple(starts))
+    return PointSteps(steps[0], tuple(steps[1:]), tuple(mixed), tuple(starts), tuple(between))
 
 
 def _timed_step(engine: Any) -> float:

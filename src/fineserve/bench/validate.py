@@ -71,6 +71,7 @@ KEYS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p
 SCALES = (2.0, 3.0, 5.0, 10.0)
 CLOCK_ENV = "FINESERVE_VALIDATE_CLOCK"
 MIXED_STEPS = 4  # mixed steps timed per profile point (one is a single, noisy step)
+KV_PAGE = 16  # tokens per KV page of the engines here (`load_torch_engine`'s default)
 SIM_SEEDS = 20  # simulations with step-time noise, each seed its own draw; summaries averaged
 
 
@@ -116,12 +117,15 @@ def _profile(
 def _table(rows: list[dict[str, Any]], path: Path) -> Any:
     """`TableCostModel` fitted to `rows` (written to `path` first, as `fineserve profile`),
     with the CPU fit options: decode piecewise in the batch size, weights from the fit, decode
-    attention padded to the batch's longest context (`costmodel.fit`)."""
+    attention padded to the batch's longest context, prefill attention padded as the CPU
+    engine's batched prefill groups compute it (`costmodel.fit`)."""
     from fineserve.costmodel.profile import write_profile
     from fineserve.costmodel.table import TableCostModel
 
     write_profile(path, rows)
-    return TableCostModel.from_csv(path, piecewise_decode=True, reweight=True, padded_decode=True)
+    return TableCostModel.from_csv(
+        path, piecewise_decode=True, reweight=True, padded_decode=True, padded_prefill=KV_PAGE
+    )
 
 
 def workload(n: int, rate: float, seed: int) -> list[SimRequest]:
@@ -487,7 +491,9 @@ def _validate_in(
                  "measured_during_run": during.done,
                  "drift_during_over_before": drift(before, in_run),
                  "speed_during_over_before": during.speed_spread(before),
-                 "fit": _fit_errors(table, key)},
+                 "fit": _fit_errors(table, key),
+                 "mixed_extra_s": dict(zip(("m0", "m1_per_decode"), table.mixed_terms(key),
+                                           strict=True))},
         step_noise=noise.as_dict(),
         step_fidelity=step_fidelity(table, key, steps),
     )  # fmt: skip
@@ -549,8 +555,10 @@ class _InRunProfile:
         out = []
         for start, batch, input_len, steps in self.probes:
             table = table_for((batch, input_len))
-            times = (steps.prefill, *steps.decode, *steps.mixed)
-            shapes = probe_shapes(batch, input_len, len(steps.decode), len(steps.mixed))
+            times = steps.in_order
+            shapes = probe_shapes(
+                batch, input_len, len(steps.decode), len(steps.mixed), bool(steps.between)
+            )
             for offset, shape, seconds in zip(steps.starts, shapes, times, strict=True):
                 out.append((start + offset, table.step_time(key, shape), seconds))
         return out
@@ -585,18 +593,25 @@ class _InRunProfile:
         return out
 
 
-def probe_shapes(batch: int, input_len: int, decodes: int, mixed: int) -> list[Any]:
-    """Batch shapes of a profile point's timed steps (`bench.profile.measure_point_steps`):
-    the prefill of `batch` prompts, `decodes` decode steps (contexts `input_len` + j), then
-    `mixed` steps each prefilling one prompt beside the `batch` decodes."""
+def probe_shapes(
+    batch: int, input_len: int, decodes: int, mixed: int, between: bool = True
+) -> list[Any]:
+    """Batch shapes of a profile point's timed steps in the order they ran
+    (`bench.profile.measure_point_steps`, `PointSteps.in_order`): the prefill of `batch`
+    prompts, `decodes` decode steps (contexts `input_len` + j), then `mixed` times a decode
+    step of the batch (with `between`) and a step prefilling one prompt beside the `batch`
+    decodes."""
     from fineserve.costmodel.base import BatchShape
 
     shapes = [BatchShape(prefill=((input_len, 0),) * batch)]
     shapes += [BatchShape(decode_context=(input_len + j,) * batch) for j in range(decodes)]
-    shapes += [
-        BatchShape(prefill=((input_len, 0),), decode_context=(input_len + decodes + j,) * batch)
-        for j in range(mixed)
-    ]
+    ctx = input_len + decodes
+    for _ in range(mixed):
+        if between:
+            shapes.append(BatchShape(decode_context=(ctx,) * batch))
+            ctx += 1
+        shapes.append(BatchShape(prefill=((input_len, 0),), decode_context=(ctx,) * batch))
+        ctx += 1
     return shapes
 
 

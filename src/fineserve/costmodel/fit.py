@@ -19,6 +19,17 @@ instead of f * sum(context): the CPU engine's batched decode attention gathers e
 pages up to the longest context (profile rows, whose sequences share one context, cannot tell
 the two apart, so this is a property of the engine, not fitted).
 
+``padded_prefill`` (CPU tables; a page size in tokens, 0 = off): the attention term of a prefill
+is c * the score entries the CPU engine's batched prefill computes instead of c * the causal
+pairs: its prefill chunks are grouped (sorted by query length and key length, a group cut where
+padding would more than double its work, ``PREFILL_PADDING_FACTOR``) and each group attends
+with every chunk padded to the group's longest query and longest key length (the context after
+the chunk, rounded up to whole pages), full query x key scores under an additive mask
+(`execution/fast_attention.py`; `padded_prefill_work`). For the profile's rows (batch_size
+equal prompts, one group) that is batch * L * ceil(L / page) * page, proportional to the pairs
+up to the page rounding; for the uneven prompts of a real step it can be twice the pairs. Set,
+not fitted, like ``padded_decode``.
+
 ``reweight`` (CPU tables): weights 1/fitted instead of 1/measured, iterated. Weighting by the
 measured time favours rows measured low, which biases a fit to noisy rows low by about the
 rows' relative variance (5-10% for CPU rows scattered by 20-30%); weights from the fit itself
@@ -58,6 +69,9 @@ class StepCoeffs:
     # True: the context term is f * seqs * max(context) (an engine that pads a decode batch to
     # its longest context, as the CPU engine's batched decode attention does), not f * sum
     decode_padded: bool = False
+    # > 0: the prefill attention term is c * `padded_prefill_work` of the step's chunks with
+    # pages of this many tokens (the CPU engine's padded batched prefill), not c * causal pairs
+    prefill_page: int = 0
     prefill_err_mean: float = 0.0
     prefill_err_max: float = 0.0
     decode_err_mean: float = 0.0
@@ -90,6 +104,30 @@ def nnls_reweighted(x: np.ndarray, y: np.ndarray, rounds: int = 5) -> np.ndarray
     for _ in range(rounds):
         coef = nnls_relative(x, y, np.maximum(x @ coef, 0.5 * y))
     return coef
+
+
+PREFILL_PADDING_FACTOR = 2.0  # `CpuFastBackend(max_padding_factor)`: a group's padded work cap
+
+
+def padded_prefill_work(
+    chunks: Sequence[tuple[int, int]], page: int, factor: float = PREFILL_PADDING_FACTOR
+) -> int:
+    """Query x key score entries the CPU engine's batched prefill computes for prefill
+    `chunks` [(new tokens, context before)] with KV pages of `page` tokens: chunks sorted by
+    (new tokens, key length = context after the chunk rounded up to whole pages) and grouped
+    greedily, a group closed when adding the next chunk would make its padded work (members x
+    longest query x longest key length) more than `factor` x its members' own work; each group
+    computes members x longest query x longest key length (`execution.fast_attention.
+    _group_prefills`). Invariant: >= sum(n * key length), non-decreasing in any chunk's n."""
+    dims = sorted((n, -(-(n + c0) // page) * page) for n, c0 in chunks if n > 0)
+    total = members = real = max_q = max_k = 0
+    for q, k in dims:
+        nq, nk, nreal = max(max_q, q), max(max_k, k), real + q * k
+        if members and nq * nk * (members + 1) > factor * nreal:
+            total += members * max_q * max_k
+            members, nq, nk, nreal = 0, q, k, q * k
+        members, real, max_q, max_k = members + 1, nreal, nq, nk
+    return total + members * max_q * max_k
 
 
 def decode_context_work(c: StepCoeffs, contexts: Sequence[int]) -> int:
@@ -125,29 +163,39 @@ def _interpolate(knots: tuple[tuple[int, float], ...], n: int) -> float:
 KNEES = (0.0, *(2.0**k for k in range(6, 15)))  # 0.0 stands for "no hinge"
 
 
-def prefill_features(batch: int, input_len: int, knee: float) -> list[float]:
+def prefill_features(batch: int, input_len: int, knee: float, page: int = 0) -> list[float]:
+    """[1, tokens, attention, hinge] of `batch` prompts of `input_len` tokens; attention = the
+    causal pairs, or with `page` > 0 the padded score entries (`padded_prefill_work`: one
+    group, batch * L * L rounded up to pages)."""
     tokens = float(batch * input_len)
     hinge = max(0.0, tokens - knee) if knee > 0 else 0.0
-    return [1.0, tokens, batch * input_len * (input_len + 1) / 2.0, hinge]
+    if page > 0:
+        attention = float(batch * input_len * (-(-input_len // page) * page))
+    else:
+        attention = batch * input_len * (input_len + 1) / 2.0
+    return [1.0, tokens, attention, hinge]
 
 
 def fit_prefill(
-    rows: Sequence[ProfileRow], solve: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    rows: Sequence[ProfileRow],
+    solve: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    page: int = 0,
 ) -> tuple[np.ndarray, float, tuple[float, float]]:
     """Best (a, b, c, g) and knee over the candidate knees; also (mean, max) rel. error.
-    `solve` fits one knee's features (default `nnls_relative`)."""
+    `solve` fits one knee's features (default `nnls_relative`); `page`: see
+    `prefill_features`."""
     solve = solve or nnls_relative
     y = np.array([r.prefill_time for r in rows])
     best: tuple[float, np.ndarray, float] | None = None
     for knee in KNEES:
-        x = np.array([prefill_features(r.batch_size, r.input_len, knee) for r in rows])
+        x = np.array([prefill_features(r.batch_size, r.input_len, knee, page) for r in rows])
         coef = solve(x, y)
         res = float(np.sum(((x @ coef - y) / y) ** 2))
         if best is None or res < best[0] - 1e-12:
             best = (res, coef, knee)
     assert best is not None
     _, coef, knee = best
-    x = np.array([prefill_features(r.batch_size, r.input_len, knee) for r in rows])
+    x = np.array([prefill_features(r.batch_size, r.input_len, knee, page) for r in rows])
     return coef, knee, _rel_errors(x, y, coef)
 
 
@@ -176,6 +224,7 @@ def fit_instance(
     piecewise_decode: bool = False,
     reweight: bool = False,
     padded_decode: bool = False,
+    padded_prefill: int = 0,
 ) -> StepCoeffs:
     """Fit one instance's solo rows (callers pass only mps_percentage == 100); options: see
     the module docstring."""
@@ -186,7 +235,7 @@ def fit_instance(
     knots: tuple[tuple[int, float], ...] = ()
     solve = nnls_reweighted if reweight else nnls_relative
     if pre:
-        pc, knee, perr = fit_prefill(pre, solve)
+        pc, knee, perr = fit_prefill(pre, solve, padded_prefill)
     if dec:
         yd = np.array([r.tpot for r in dec])
         batches = sorted({r.batch_size for r in dec})
@@ -208,6 +257,7 @@ def fit_instance(
         decode=(float(dc[0]), float(dc[1]), float(dc[2])),
         decode_knots=knots,
         decode_padded=padded_decode,
+        prefill_page=padded_prefill,
         n_rows=len(rows),
         prefill_err_mean=perr[0],
         prefill_err_max=perr[1],
@@ -221,15 +271,16 @@ def fit_profile(
     piecewise_decode: bool = False,
     reweight: bool = False,
     padded_decode: bool = False,
+    padded_prefill: int = 0,
 ) -> dict[InstanceKey, StepCoeffs]:
     """Coefficients per instance from the solo (mps_percentage >= 100) rows (options: see
-    the module docstring; the committed H100 fit uses neither)."""
+    the module docstring; the committed H100 fit uses none)."""
     groups: dict[InstanceKey, list[ProfileRow]] = {}
     for r in rows:
         if r.mps_percentage >= 100:
             groups.setdefault(r.key, []).append(r)
     return {
-        k: fit_instance(v, piecewise_decode, reweight, padded_decode)
+        k: fit_instance(v, piecewise_decode, reweight, padded_decode, padded_prefill)
         for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))
     }
 

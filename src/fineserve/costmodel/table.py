@@ -9,9 +9,11 @@ tokens, sequences and context, and linear beyond the profiled grid; a CPU table 
 e*decode_seqs, ``StepCoeffs.decode_knots``, and with ``padded_decode`` f*decode_seqs*max(context)
 instead of f*sum(decode_context), ``StepCoeffs.decode_padded``), plus ``m`` when the step
 has both prefill and decode work: the fixed cost a mixed step pays beyond the larger of the two
-fixed terms (on the CPU engine both attention paths run in every layer). ``m`` >= 0 is
-measured only from profile rows with ``mixed_time`` (``fit_mixed_extra``); the H100 profile has
-none, so there ``m`` = 0 and the formula is the fitted one alone. The committed coefficients
+fixed terms (on the CPU engine both attention paths run in every layer, and the decode rows
+are gathered out of and scattered back into the step's token rows): ``m = m0 + m1 *
+decode_seqs``, both >= 0, measured only from profile rows with ``mixed_time``
+(``fit_mixed_extra``); the H100 profile has none, so there ``m`` = 0 and the formula is the
+fitted one alone. The committed coefficients
 ``data/h100_fit.json`` were fitted by ``python -m fineserve.costmodel.fit`` from
 fineserve-profiles/h100-cost.csv (FineServe paper code, github.com/llm-fineserve/FineServe,
 BSD-3-Clause, Samsung SDS); the model works without the data folder. A CPU profile written by
@@ -26,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fineserve.costmodel.base import BatchShape, CostModelHelpers, InstanceKey, InterferenceModel
 from fineserve.costmodel.fit import (
     StepCoeffs,
@@ -33,6 +37,7 @@ from fineserve.costmodel.fit import (
     decode_context_work,
     fit_interference,
     fit_profile,
+    padded_prefill_work,
 )
 from fineserve.costmodel.profile import H100_FILE, PROFILE_DIR, ProfileRow, read_profile
 from fineserve.workload.data import find_data_file
@@ -57,12 +62,13 @@ class TableCostModel(CostModelHelpers):
         coeffs: Mapping[InstanceKey, StepCoeffs],
         interference: InterferenceModel | None = None,
         source: str = "",
-        mixed_extra: Mapping[InstanceKey, float] | None = None,
+        mixed_extra: Mapping[InstanceKey, float | tuple[float, float]] | None = None,
     ) -> None:
         self._coeffs = dict(coeffs)
         self.interference = interference or InterferenceModel()
         self.source = source
-        self._mixed = {k: max(0.0, float(v)) for k, v in (mixed_extra or {}).items()}
+        # per key (m0, m1): a mixed step's extra m0 + m1 * decode_seqs (a float: m0 alone)
+        self._mixed = {k: _mixed_terms(v) for k, v in (mixed_extra or {}).items()}
         # memo of `_lookup` per asked key (the coefficients never change after construction)
         self._found: dict[InstanceKey, StepCoeffs | None] = {}
         # per key: (coefficients, decode base max(0, d) + the empty prefill's variable cost)
@@ -75,22 +81,28 @@ class TableCostModel(CostModelHelpers):
         piecewise_decode: bool = False,
         reweight: bool = False,
         padded_decode: bool = False,
+        padded_prefill: int = 0,
     ) -> TableCostModel:
         """Fit a profile CSV (H100 or a ``fineserve profile`` CPU table) right now (options:
         `fit.fit_profile`)."""
         rows = read_profile(path)
-        coeffs = fit_profile(rows, piecewise_decode, reweight, padded_decode)
+        coeffs = fit_profile(rows, piecewise_decode, reweight, padded_decode, padded_prefill)
         mixed = fit_mixed_extra(rows, coeffs)
         return cls(coeffs, fit_interference(rows), source=str(path), mixed_extra=mixed)
 
-    def mixed_extra(self, key: InstanceKey) -> float:
-        """The extra fixed seconds of a step with prefill and decode work (0.0 if unmeasured)."""
+    def mixed_extra(self, key: InstanceKey, num_decode: int = 0) -> float:
+        """The extra seconds of a step with prefill work and `num_decode` decodes: m0 + m1 *
+        `num_decode` (0.0 if unmeasured)."""
         models = (key.model, *MODEL_ALIASES.get(key.model, ()))
         for m in models:
             v = self._mixed.get(InstanceKey(m, key.qformat, key.tp))
             if v is not None:
-                return v
+                return v[0] + v[1] * num_decode if num_decode else v[0]
         return 0.0
+
+    def mixed_terms(self, key: InstanceKey) -> tuple[float, float]:
+        """(m0, m1) of `key`'s mixed-step extra ((0.0, 0.0) if unmeasured)."""
+        return (self.mixed_extra(key), self.mixed_extra(key, 1) - self.mixed_extra(key))
 
     @classmethod
     def from_json(cls, path: Path = DEFAULT_FIT_PATH) -> TableCostModel:
@@ -157,8 +169,8 @@ class TableCostModel(CostModelHelpers):
         has_p, has_d = tokens > 0, len(ctx) > 0
         fixed = max(c.prefill[0] if has_p else 0.0, d if has_d else 0.0)
         if has_p and has_d and self._mixed:
-            fixed += self.mixed_extra(key)
-        t = fixed + _prefill_cost(c, tokens, batch.attention_pairs)
+            fixed += self.mixed_extra(key, len(ctx))
+        t = fixed + _prefill_cost(c, tokens, _attention(c, batch))
         if c.decode_knots or c.decode_padded:
             return t + decode_batch_cost(c, len(ctx)) + f * decode_context_work(c, ctx)
         return t + e * len(ctx) + f * sum(ctx)
@@ -200,37 +212,66 @@ _NONE = BatchShape()  # the empty batch: its prefill variable cost is a decode s
 
 
 def mixed_shape(row: ProfileRow) -> BatchShape:
-    """The step a row's ``mixed_time`` measured: one prompt of input_len tokens prefilling
-    beside batch_size decodes, each feeding its output_len-th token (context input_len +
-    output_len - 1 before it)."""
-    ctx = row.input_len + row.output_len - 1
+    """The step a row's ``mixed_time`` measured (`bench.profile.measure_point_steps`): one
+    prompt of input_len tokens prefilling beside batch_size decodes, each feeding its
+    (output_len + 1)-th token (context input_len + output_len before it: the batch's
+    output_len - 1 decode steps and one more decode step ran before the first mixed step)."""
+    ctx = row.input_len + row.output_len
     return BatchShape(prefill=((row.input_len, 0),), decode_context=(ctx,) * row.batch_size)
 
 
 def fit_mixed_extra(
     rows: Sequence[ProfileRow], coeffs: Mapping[InstanceKey, StepCoeffs]
-) -> dict[InstanceKey, float]:
-    """Per instance with solo ``mixed_time`` rows: the median of (measured mixed step - the
-    fitted formula without the extra term), clipped at 0 (so costs stay monotone). Instances
-    without such rows get no entry (extra 0)."""
-    residuals: dict[InstanceKey, list[float]] = {}
+) -> dict[InstanceKey, tuple[float, float]]:
+    """Per instance with solo ``mixed_time`` rows: (m0, m1) >= 0 of the extra m0 + m1 *
+    decodes, fitted to the residuals (measured mixed step - the fitted formula without the
+    extra term): the median residual of each batch size (robust to a row caught in a slow
+    spell of a shared machine), then least squares over the batch sizes with both terms >= 0
+    (`fit.nnls_relative` with unit scale: every non-negative subset tried, so a constant
+    alone when the extra does not grow with the decodes, and (0, 0) when the steps cost no
+    more than the formula: costs stay monotone). Instances without such rows get no entry."""
+    from fineserve.costmodel.fit import nnls_relative
+
+    found: dict[InstanceKey, dict[int, list[float]]] = {}
     for r in rows:
         if r.mixed_time <= 0 or r.mps_percentage < 100 or r.key not in coeffs:
             continue
         plain = TableCostModel({r.key: coeffs[r.key]})
-        residuals.setdefault(r.key, []).append(
-            r.mixed_time - plain.step_time(r.key, mixed_shape(r))
-        )
-    return {k: max(0.0, statistics.median(v)) for k, v in residuals.items()}
+        residual = r.mixed_time - plain.step_time(r.key, mixed_shape(r))
+        found.setdefault(r.key, {}).setdefault(r.batch_size, []).append(residual)
+    out = {}
+    for k, by_batch in found.items():
+        batches = sorted(by_batch)
+        x = np.array([[1.0, float(b)] for b in batches])
+        y = np.array([statistics.median(by_batch[b]) for b in batches])
+        m0, m1 = nnls_relative(x, y, np.ones(len(batches)))
+        out[k] = (float(m0), float(m1))
+    return out
+
+
+def _mixed_terms(v: float | tuple[float, float]) -> tuple[float, float]:
+    """(m0, m1), each clipped at 0, from a constant extra or a pair."""
+    if isinstance(v, tuple):
+        return (max(0.0, float(v[0])), max(0.0, float(v[1])))
+    return (max(0.0, float(v)), 0.0)
 
 
 def _prefill_variable(c: StepCoeffs, batch: BatchShape) -> float:
-    """Prefill cost beyond the fixed term: b*T + c*pairs + g*max(0, T - knee)."""
-    return _prefill_cost(c, batch.prefill_tokens, batch.attention_pairs)
+    """Prefill cost beyond the fixed term: b*T + c*attention + g*max(0, T - knee)."""
+    return _prefill_cost(c, batch.prefill_tokens, _attention(c, batch))
+
+
+def _attention(c: StepCoeffs, batch: BatchShape) -> float:
+    """The prefill attention work the c term counts: the causal pairs, or the padded score
+    entries of the CPU engine's batched prefill (`StepCoeffs.prefill_page`)."""
+    if c.prefill_page > 0:
+        return float(padded_prefill_work(batch.prefill, c.prefill_page))
+    return batch.attention_pairs
 
 
 def _prefill_cost(c: StepCoeffs, tokens: int, pairs: float) -> float:
-    """`_prefill_variable` of a batch with ``tokens`` prefill tokens and ``pairs`` pairs."""
+    """`_prefill_variable` of a batch with ``tokens`` prefill tokens and attention work
+    ``pairs`` (`_attention`)."""
     _, b, cp, g, knee = c.prefill
     hinge = max(0.0, tokens - knee) if knee > 0 else 0.0
     return b * tokens + cp * pairs + g * hinge
@@ -242,6 +283,7 @@ def _coeffs_from_json(e: Mapping[str, Any]) -> StepCoeffs:
         decode=tuple(float(v) for v in e["decode"]),  # type: ignore[arg-type]
         decode_knots=tuple((int(b), float(v)) for b, v in e.get("decode_knots", ())),
         decode_padded=bool(e.get("decode_padded", False)),
+        prefill_page=int(e.get("prefill_page", 0)),
         n_rows=int(e.get("n_rows", 0)),
         prefill_err_mean=float(e.get("prefill_err_mean", 0.0)),
         prefill_err_max=float(e.get("prefill_err_max", 0.0)),
@@ -282,6 +324,7 @@ def _coeffs_to_json(c: StepCoeffs) -> dict[str, Any]:
         "decode": [float(f"{v:.6g}") for v in c.decode],
         **(knots if c.decode_knots else {}),
         **({"decode_padded": True} if c.decode_padded else {}),
+        **({"prefill_page": c.prefill_page} if c.prefill_page else {}),
         "n_rows": c.n_rows,
         "prefill_err_mean": round(c.prefill_err_mean, 4),
         "prefill_err_max": round(c.prefill_err_max, 4),

@@ -162,15 +162,59 @@ def test_probe_shapes_follow_measure_point_steps() -> None:
     shapes = v.probe_shapes(2, 16, 3, 2)
     assert [s.prefill for s in shapes[:1]] == [((16, 0), (16, 0))]
     assert [s.decode_context for s in shapes[1:4]] == [(16, 16), (17, 17), (18, 18)]
-    # each mixed step follows one decode step of the batch
-    assert shapes[4] == BatchShape(decode_context=(19, 19))
-    assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(20, 20))
-    assert shapes[6] == BatchShape(decode_context=(21, 21))
-    assert shapes[7] == BatchShape(prefill=((16, 0),), decode_context=(22, 22))
+    # mixed steps: beside two sequences of prompts 8 and 16 (uneven contexts), each after
+    # one decode step of theirs
+    assert shapes[4] == BatchShape(decode_context=(8, 16))
+    assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(9, 17))
+    assert shapes[6] == BatchShape(decode_context=(10, 18))
+    assert shapes[7] == BatchShape(prefill=((16, 0),), decode_context=(11, 19))
     assert len(shapes) == 8
-    # probes without the decode steps between (`PointSteps.between` empty): mixed back to back
+    # probes of the older layout (`PointSteps.between` empty): mixed back to back
     old = v.probe_shapes(2, 16, 3, 2, between=False)
     assert old[4:] == [BatchShape(prefill=((16, 0),), decode_context=(c, c)) for c in (19, 20)]
+
+
+def test_probe_shapes_are_the_steps_the_engine_runs(tmp_path: Path) -> None:
+    """The shapes `probe_shapes` names are the batches `measure_point_steps` makes the real
+    engine run (tiny model), timed step by timed step."""
+    from fineserve.bench import profile
+    from fineserve.engine.engine import Engine
+    from fineserve.execution import make_model
+
+    folder = make_model.write_model(tmp_path / "tiny", "llama", "tiny")
+    ran: list[BatchShape] = []
+    original = Engine.step
+
+    def step(self: Engine) -> object:
+        ran_before = len(ran)
+        inner = self.executor.execute
+
+        def execute(plan: object) -> object:
+            ran.extend(b.shape() for b in plan.batches)  # type: ignore[attr-defined]
+            return inner(plan)
+
+        self.executor.execute = execute  # type: ignore[method-assign]
+        try:
+            return original(self)
+        finally:
+            del self.executor.execute
+            assert len(ran) <= ran_before + 1
+
+    timed: list[BatchShape] = []
+    original_timed = profile._timed_step
+
+    def timed_step(engine: Engine) -> float:
+        n = len(ran)
+        seconds = original_timed(engine)
+        timed.extend(ran[n:])
+        return seconds
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "step", step)
+        mp.setattr(profile, "_timed_step", timed_step)
+        steps = profile.measure_point_steps(folder, 3, 20, 3, "tiny", "cpu", 256, 2)
+    assert timed == v.probe_shapes(3, 20, 2, 2)
+    assert len(steps.in_order) == len(timed) == len(steps.starts)
 
 
 def test_timed_steps_pair_each_probe_step_with_its_prediction(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 For every (batch size, input length) of a grid, the engine (torch executor, one model in its
 own arena, wall clock), after one warm-up request, runs `batch` prompts of `input_len` tokens
-as one prefill step, then `output_len - 1` decode steps, then one decode step and one step that
-prefills one more prompt of `input_len` tokens beside the batch's decodes (`mixed_steps` such
-pairs in `measure_point_steps`, one prompt each; `sim --validate` times 4). Rows follow the
+as one prefill step, then `output_len - 1` decode steps; then `batch` sequences of uneven
+contexts run one decode step and one step that prefills one more prompt of `input_len` tokens
+beside their decodes (`mixed_steps` such pairs in `measure_point_steps`, one prompt each;
+`sim --validate` times 4). Rows follow the
 schema of the H100 profile (`costmodel.profile.PROFILE_COLUMNS`): `prefill_time` = `ttft` =
 the prefill step, `tpot` = mean decode step, `decode_time` = all decode steps, `e2e` = both,
 plus `mixed_time` = the (mean) mixed step (the table's extra cost of mixed batches is fitted
@@ -187,16 +188,22 @@ def measure_point_steps(
 ) -> PointSteps:
     """Every timed step of one grid point, on `clock`.
 
-    The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps; then,
-    `mixed_steps` times, one decode step of the batch and a mixed step: one more prompt of
-    `input_len` tokens arrives and the next step prefills it beside the batch's decodes (that
-    prompt asks for one token, so it leaves in its step and the decodes stay `batch`). Each
-    mixed step follows a decode step, as most of a serving engine's mixed steps do: identical
-    mixed steps run back to back timed 2-5% faster than the first of them (measured on the
-    validation's probes, 2026-11-22), a warm state the real engine, whose consecutive steps
-    differ, does not have. The arena holds `arena_tokens` tokens (default: the
-    point's own tokens, see `_arena_bytes`); give the arena of the run the table is for.
+    The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps (and
+    leave). Then `batch` new sequences with prompts spread up to `input_len` tokens
+    (`costmodel.table.mixed_probe_prompts`) prefill in one untimed step and, `mixed_steps`
+    times, run one decode step and a mixed step: one more prompt of `input_len` tokens
+    arrives and the next step prefills it beside their decodes (that prompt asks for one
+    token, so it leaves in its step and the decodes stay `batch`). The mixed steps are made
+    as a serving engine makes them, not as the row's batch would: their decodes have uneven
+    contexts (measured 2026-11-22 by replaying the real run's mixed steps on a fresh engine:
+    the same steps with every decode at the longest context, the same padded work, ran 8-9%
+    faster, while decode-only steps did not care), and each follows a decode step (mixed
+    steps back to back timed 2-5% faster than the first of them, a warm state the real
+    engine, whose consecutive steps differ, does not have). The arena holds `arena_tokens`
+    tokens (default: the point's own tokens, see `_arena_bytes`); give the arena of the run
+    the table is for.
     """
+    from fineserve.costmodel.table import mixed_probe_prompts
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
     from fineserve.execution.sampling import SamplingParams
     from fineserve.scheduler.local import SchedulerConfig
@@ -217,15 +224,17 @@ def measure_point_steps(
     engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
-        engine.add_request(
-            f"p{i}", name, prompt, max_tokens=output_len + 2 * n_mixed, sampling=params
-        )
+        engine.add_request(f"p{i}", name, prompt, max_tokens=output_len, sampling=params)
     origin = engine.clock.now()
     starts: list[float] = []
     steps = []
     for _ in range(output_len):
         starts.append(engine.clock.now() - origin)
         steps.append(_timed_step(engine))
+    for i, n in enumerate(mixed_probe_prompts(batch, input_len)):
+        prompt = [(13 * i + k) % 200 + 3 for k in range(n)]
+        engine.add_request(f"d{i}", name, prompt, max_tokens=2 + 2 * n_mixed, sampling=params)
+    engine.step()  # their prefill: not part of the row
     mixed, between = [], []
     for j in range(n_mixed):
         starts.append(engine.clock.now() - origin)

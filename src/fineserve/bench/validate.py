@@ -599,19 +599,24 @@ def probe_shapes(
     """Batch shapes of a profile point's timed steps in the order they ran
     (`bench.profile.measure_point_steps`, `PointSteps.in_order`): the prefill of `batch`
     prompts, `decodes` decode steps (contexts `input_len` + j), then `mixed` times a decode
-    step of the batch (with `between`) and a step prefilling one prompt beside the `batch`
-    decodes."""
+    step of the `batch` sequences of `costmodel.table.mixed_probe_prompts` and a step
+    prefilling one prompt beside their decodes. Without `between` (probes of the older
+    layout), the mixed steps ran back to back beside the first batch's decodes."""
     from fineserve.costmodel.base import BatchShape
+    from fineserve.costmodel.table import mixed_probe_prompts
 
     shapes = [BatchShape(prefill=((input_len, 0),) * batch)]
     shapes += [BatchShape(decode_context=(input_len + j,) * batch) for j in range(decodes)]
-    ctx = input_len + decodes
-    for _ in range(mixed):
-        if between:
-            shapes.append(BatchShape(decode_context=(ctx,) * batch))
-            ctx += 1
-        shapes.append(BatchShape(prefill=((input_len, 0),), decode_context=(ctx,) * batch))
-        ctx += 1
+    prompt = ((input_len, 0),)
+    if not between:
+        ctx = input_len + decodes
+        return shapes + [
+            BatchShape(prefill=prompt, decode_context=(ctx + j,) * batch) for j in range(mixed)
+        ]
+    lens = mixed_probe_prompts(batch, input_len)
+    for j in range(mixed):
+        shapes.append(BatchShape(decode_context=tuple(n + 2 * j for n in lens)))
+        shapes.append(BatchShape(prefill=prompt, decode_context=tuple(n + 2 * j + 1 for n in lens)))
     return shapes
 
 

@@ -211,13 +211,20 @@ class TableCostModel(CostModelHelpers):
 _NONE = BatchShape()  # the empty batch: its prefill variable cost is a decode step's
 
 
+def mixed_probe_prompts(batch: int, input_len: int) -> list[int]:
+    """Prompt lengths of the `batch` sequences decoding in a profile row's mixed steps
+    (`bench.profile.measure_point_steps`): spread evenly up to `input_len`, (i + 1) *
+    input_len // batch, so their decode contexts are uneven, as a serving engine's are."""
+    return [max(1, (i + 1) * input_len // batch) for i in range(batch)]
+
+
 def mixed_shape(row: ProfileRow) -> BatchShape:
-    """The step a row's ``mixed_time`` measured (`bench.profile.measure_point_steps`): one
-    prompt of input_len tokens prefilling beside batch_size decodes, each feeding its
-    (output_len + 1)-th token (context input_len + output_len before it: the batch's
-    output_len - 1 decode steps and one more decode step ran before the first mixed step)."""
-    ctx = row.input_len + row.output_len
-    return BatchShape(prefill=((row.input_len, 0),), decode_context=(ctx,) * row.batch_size)
+    """The (first) step a row's ``mixed_time`` measured (`bench.profile.measure_point_steps`):
+    one prompt of input_len tokens prefilling beside batch_size decodes of uneven contexts:
+    the sequences of `mixed_probe_prompts`, each feeding its second output token (context
+    prompt + 1 before it: one decode step ran before the mixed step)."""
+    ctx = tuple(n + 1 for n in mixed_probe_prompts(row.batch_size, row.input_len))
+    return BatchShape(prefill=((row.input_len, 0),), decode_context=ctx)
 
 
 def fit_mixed_extra(

@@ -16,7 +16,9 @@ DOC = {
             "fineserve": {"slo_attainment": 0.95, "tokens_per_s": 110.0, "goodput_rps": 9.5}}},
         {"rate": 20.0, "slo_scale": 5.0, "schemes": {
             "prism": {"slo_attainment": 0.4, "tokens_per_s": 150.0, "goodput_rps": 8.0},
-            "fineserve": {"slo_attainment": 0.8, "tokens_per_s": 300.0, "goodput_rps": 16.0}}},
+            "fineserve": {"slo_attainment": 0.8, "tokens_per_s": 300.0, "goodput_rps": 16.0},
+            "fineserve_plus": {"slo_attainment": 0.6, "tokens_per_s": 75.0,
+                               "goodput_rps": 12.0}}},
     ],
 }  # fmt: skip
 
@@ -36,4 +38,9 @@ def test_headline_compares_with_the_best_baseline() -> None:
     assert h["rate"] == 20.0
     assert h["attainment_ratio"] == pytest.approx(2.0)
     assert h["tokens_ratio"] == pytest.approx(2.0)
-    assert "2.00x attainment" in format_paper(DOC)
+    assert h["plus_attainment_ratio"] == pytest.approx(1.5)
+    assert h["plus_tokens_ratio"] == pytest.approx(0.5)
+    assert h["plus_attainment_gain"] == pytest.approx(-0.2)
+    text = format_paper(DOC)
+    assert "FineServe / best baseline = 2.00x attainment" in text
+    assert "fineserve_plus / best baseline = 1.50x attainment, 0.50x tokens/s" in text

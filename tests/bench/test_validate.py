@@ -162,12 +162,12 @@ def test_probe_shapes_follow_measure_point_steps() -> None:
     shapes = v.probe_shapes(2, 16, 3, 2)
     assert [s.prefill for s in shapes[:1]] == [((16, 0), (16, 0))]
     assert [s.decode_context for s in shapes[1:4]] == [(16, 16), (17, 17), (18, 18)]
-    # mixed steps: beside two sequences of prompts 8 and 16 (uneven contexts), each after
-    # one decode step of theirs
-    assert shapes[4] == BatchShape(decode_context=(8, 16))
-    assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(9, 17))
-    assert shapes[6] == BatchShape(decode_context=(10, 18))
-    assert shapes[7] == BatchShape(prefill=((16, 0),), decode_context=(11, 19))
+    # mixed steps: beside two sequences of prompts 8 and 16 (uneven contexts), after an
+    # untimed mixed step, each after one decode step of theirs
+    assert shapes[4] == BatchShape(decode_context=(9, 17))
+    assert shapes[5] == BatchShape(prefill=((16, 0),), decode_context=(10, 18))
+    assert shapes[6] == BatchShape(decode_context=(11, 19))
+    assert shapes[7] == BatchShape(prefill=((16, 0),), decode_context=(12, 20))
     assert len(shapes) == 8
     # probes of the older layout (`PointSteps.between` empty): mixed back to back
     old = v.probe_shapes(2, 16, 3, 2, between=False)
@@ -281,3 +281,24 @@ def test_simulation_noise_is_seeded_and_off_by_default() -> None:
     assert noisy != _tiny_sim(StepNoise(0.2, 0.3, 0.05), 4)
     ttft = [r.ttft_s for r in noisy if r.ttft_s is not None]
     assert len(ttft) == len(noisy)  # every request still completes
+
+
+def test_kernel_cache_misses_slow_the_simulated_steps() -> None:
+    from fineserve.costmodel.fit import StepCoeffs
+    from fineserve.costmodel.kernel_cache import KernelCache
+    from fineserve.costmodel.table import TableCostModel
+    from fineserve.memory.formats import KVFormat
+
+    cost = TableCostModel({KEY: StepCoeffs((0.002, 1e-4, 1e-7, 0.0, 0.0), (0.002, 1e-4, 1e-6))})
+    reqs = v.workload(60, 80.0, 1)
+
+    def ttft(kernel: KernelCache | None) -> float:
+        records = v._simulated(reqs, KVFormat(2, 2, 64), 64 << 20, 0.5, cost, kernel=kernel)
+        return sum(r.ttft_s for r in records if r.ttft_s is not None) / len(records)
+
+    plain = ttft(None)
+    assert ttft(KernelCache()) == plain  # off: the table's times exactly
+    # a cache too small for the workload's token counts: every prefill pays the miss
+    assert ttft(KernelCache(capacity=1, miss_s=0.004)) > plain + 0.003
+    # a cache holding every count pays once per count only: less than that
+    assert plain < ttft(KernelCache(capacity=10_000, miss_s=0.004)) < ttft(KernelCache(1, 0.004))

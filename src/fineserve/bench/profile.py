@@ -190,18 +190,22 @@ def measure_point_steps(
 
     The batch's `batch` prompts prefill in one step, then decode `output_len - 1` steps (and
     leave). Then `batch` new sequences with prompts spread up to `input_len` tokens
-    (`costmodel.table.mixed_probe_prompts`) prefill in one untimed step and, `mixed_steps`
-    times, run one decode step and a mixed step: one more prompt of `input_len` tokens
-    arrives and the next step prefills it beside their decodes (that prompt asks for one
-    token, so it leaves in its step and the decodes stay `batch`). The mixed steps are made
-    as a serving engine makes them, not as the row's batch would: their decodes have uneven
-    contexts (measured 2026-11-22 by replaying the real run's mixed steps on a fresh engine:
-    the same steps with every decode at the longest context, the same padded work, ran 8-9%
-    faster, while decode-only steps did not care), and each follows a decode step (mixed
-    steps back to back timed 2-5% faster than the first of them, a warm state the real
-    engine, whose consecutive steps differ, does not have). The arena holds `arena_tokens`
-    tokens (default: the point's own tokens, see `_arena_bytes`); give the arena of the run
-    the table is for.
+    (`costmodel.table.mixed_probe_prompts`: uneven decode contexts, as a serving engine's)
+    prefill and run one mixed step untimed, and then, `mixed_steps` times, one decode step and
+    a mixed step: one more prompt of `input_len` tokens arrives and the next step prefills it
+    beside their decodes (that prompt asks for one token, so it leaves in its step and the
+    decodes stay `batch`).
+
+    Every timed step runs warm: the engine builds kernels for each token count it meets and
+    keeps a bounded number (`costmodel.kernel_cache`; a first prefill of a token count took
+    17-19% longer than the next on 2026-11-22), so the point's batch runs once untimed
+    first (its prefill and decode shapes) and one mixed step of the timed ones' token count
+    runs untimed before them. The table predicts warm steps; the simulation charges the
+    misses a run's changing token counts cause. (Before, the untimed warm-up was one prompt
+    of `input_len` tokens: a batch's prefill and first decode step ran cold when their token
+    counts were not held, a one-prompt prefill warm, and the first of the mixed steps cold.)
+    The arena holds `arena_tokens` tokens (default: the point's own tokens, see
+    `_arena_bytes`); give the arena of the run the table is for.
     """
     from fineserve.costmodel.table import mixed_probe_prompts
     from fineserve.engine.torch_executor import TorchModel, load_torch_engine
@@ -220,8 +224,11 @@ def measure_point_steps(
         clock=make_clock(clock),
     )
     params = SamplingParams(temperature=0.0, ignore_eos=True)
-    engine.add_request("warmup", name, [3] * input_len, max_tokens=2, sampling=params)
-    engine.run_until_idle()  # first calls pay one-off costs: keep them out of the table
+    # first calls pay one-off costs (costmodel.kernel_cache): the same batch once untimed, so
+    # its prefill and decode shapes are warm, as every timed step of the point is
+    for i in range(batch):
+        engine.add_request(f"warm{i}", name, [3] * input_len, max_tokens=2, sampling=params)
+    engine.run_until_idle()
     for i in range(batch):
         prompt = [(17 * i + k) % 200 + 3 for k in range(input_len)]
         engine.add_request(f"p{i}", name, prompt, max_tokens=output_len, sampling=params)
@@ -233,8 +240,10 @@ def measure_point_steps(
         steps.append(_timed_step(engine))
     for i, n in enumerate(mixed_probe_prompts(batch, input_len)):
         prompt = [(13 * i + k) % 200 + 3 for k in range(n)]
-        engine.add_request(f"d{i}", name, prompt, max_tokens=2 + 2 * n_mixed, sampling=params)
+        engine.add_request(f"d{i}", name, prompt, max_tokens=3 + 2 * n_mixed, sampling=params)
     engine.step()  # their prefill: not part of the row
+    engine.add_request("warm-mixed", name, [4] * input_len, max_tokens=1, sampling=params)
+    engine.step()  # a mixed step of the timed ones' token count, untimed: they run warm
     mixed, between = [], []
     for j in range(n_mixed):
         starts.append(engine.clock.now() - origin)
@@ -245,6 +254,42 @@ def measure_point_steps(
         mixed.append(_timed_step(engine))
     engine.run_until_idle()
     return PointSteps(steps[0], tuple(steps[1:]), tuple(mixed), tuple(starts), tuple(between))
+
+
+def measure_kernel_miss(
+    folder: Path,
+    name: str,
+    lengths: list[int],
+    clock: str = "wall",
+    arena_tokens: int | None = None,
+) -> list[float]:
+    """Per prompt length of `lengths` (token counts this process has not run yet), the first
+    prefill of that length minus the second, seconds on `clock`: what a step pays when the
+    engine's kernel cache does not hold its token count (`costmodel.kernel_cache`)."""
+    from fineserve.engine.torch_executor import TorchModel, load_torch_engine
+    from fineserve.execution.sampling import SamplingParams
+    from fineserve.scheduler.local import SchedulerConfig
+    from fineserve.sim.executor import LinearCostModel
+
+    longest = max(lengths)
+    engine, _ = load_torch_engine(
+        [TorchModel(name, folder)],
+        arena_bytes=_arena_bytes(folder, 2 * longest if arena_tokens is None else arena_tokens),
+        cost_model=LinearCostModel(),
+        policy="fcfs",
+        config=SchedulerConfig(token_budget=longest, max_running=1),
+        clock=make_clock(clock),
+    )
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    out = []
+    for j, n in enumerate(lengths):
+        times = []
+        for rep in range(2):
+            prompt = [(19 * j + 7 * rep + k) % 200 + 3 for k in range(n)]
+            engine.add_request(f"k{j}.{rep}", name, prompt, max_tokens=1, sampling=params)
+            times.append(_timed_step(engine))
+        out.append(times[0] - times[1])
+    return out
 
 
 def _timed_step(engine: Any) -> float:

@@ -15,9 +15,11 @@
    `profile.drift_during_over_before` says how far the speed moved from the first table.
 4. Simulate the same requests on one GPU group with the in-run table (the first table's row
    for any point the run ended too soon to measure; rows are the means of their runs; fitted
-   with the CPU options of `costmodel.fit`: decode piecewise in the batch size, attention
-   padded to the longest context, weights from the fit), the same arena, policy, SLO and
-   token budget. The simulated steps carry the step-time noise measured from the probes'
+   with the CPU options of `costmodel.fit`: decode piecewise in the batch size, decode
+   attention padded to the longest context, prefill attention padded as the engine's prefill
+   groups compute it, weights from the fit; mixed steps' extra m0 + m1 x decodes from the
+   probes' mixed steps, which are formed as the engine forms them), the same arena, policy,
+   SLO and token budget. The simulated steps carry the step-time noise measured from the probes'
    timed steps (`costmodel.noise`: each probe's steps against the table fitted without its
    point), seeded; the simulation runs `SIM_SEEDS` times and its figures are averaged.
 5. Report both summaries, the relative error of mean/p90 TTFT and TPOT and of attainment, and
@@ -73,6 +75,9 @@ CLOCK_ENV = "FINESERVE_VALIDATE_CLOCK"
 MIXED_STEPS = 4  # mixed steps timed per profile point (one is a single, noisy step)
 KV_PAGE = 16  # tokens per KV page of the engines here (`load_torch_engine`'s default)
 SIM_SEEDS = 20  # simulations with step-time noise, each seed its own draw; summaries averaged
+ONEDNN_CACHE_DEFAULT = 1024  # oneDNN's primitive cache capacity unless the environment says
+GEMM_SHAPES = 4  # GEMM shapes a step's token count builds: q/o, k/v, gate/up, down (Llama)
+KERNEL_PROBES = 24  # token counts timed twice for the kernel-cache miss cost
 
 
 @dataclass(frozen=True)
@@ -302,10 +307,12 @@ def _simulated(
     noise: Any = None,
     seed: int = 0,
     process: Any = None,
+    kernel: Any = None,
 ) -> list:
     """The simulator's records of `reqs`; with `noise` (a `costmodel.noise.StepNoise`) every
     executed step's time is multiplied by its factor, drawn from `seed` (`noisy_coster`; or
-    from `process`, a `NoiseProcess`-like object, when given)."""
+    from `process`, a `NoiseProcess`-like object, when given); with `kernel` (a
+    `costmodel.kernel_cache.KernelCache`) executed steps also pay its misses."""
     from fineserve.sim.catalog import GpuSpec, ModelType, SimModel
     from fineserve.sim.loop import ClusterSim
     from fineserve.sim.placement import PlacedInstance, Placement
@@ -317,22 +324,29 @@ def _simulated(
     placement = Placement((PlacedInstance(NAME, (0,)),), 1)
     gpu = GpuSpec(memory_bytes=arena + 1, reserve_bytes=0, name="cpu")
     sim = ClusterSim([model], placement, scheme, cost, cost.interference, gpu, True)
-    if process is not None or (noise is not None and not noise.off):
-        sim.coster = noisy_coster(cost, noise, seed, process)
+    noisy = process is not None or (noise is not None and not noise.off)
+    if noisy or (kernel is not None and not kernel.off):
+        sim.coster = noisy_coster(cost, noise, seed, process, kernel)
     return sim.run(reqs).values()
 
 
-def noisy_coster(cost: Any, noise: Any, seed: int, process: Any = None) -> Any:
+def noisy_coster(cost: Any, noise: Any, seed: int, process: Any = None, kernel: Any = None) -> Any:
     """A `sim.stepper.BatchCoster` costing steps with `cost` plus `noise` (a `StepNoise`,
-    drawn from `seed`; or the given `costmodel.noise.NoiseProcess`-like `process`): every path
-    of the coster (single steps, multi-step plans, plan chains) reads the noisy model. The
-    scheduler's predictions stay the table's, as in the real run; only how long the simulated
-    steps take changes. (A mixed step's prefill fraction asks the model twice more, which
-    also moves the noise's clock: the slow part runs a little faster there.)"""
-    from fineserve.costmodel.noise import NoiseProcess, NoisyCostModel
+    drawn from `seed`; or the given `costmodel.noise.NoiseProcess`-like `process`) and, with
+    `kernel` (a `KernelCache`), the kernel-cache misses of the steps
+    (`costmodel.kernel_cache.CachedCostModel`, under the noise): every path of the coster
+    (single steps, multi-step plans, plan chains) reads that model. The scheduler's
+    predictions stay the table's, as in the real run; only how long the simulated steps take
+    changes. (A mixed step's prefill fraction asks the model twice more, which also moves the
+    noise's clock: the slow part runs a little faster there.)"""
+    from fineserve.costmodel.kernel_cache import CachedCostModel, KernelCacheProcess
+    from fineserve.costmodel.noise import NoiseProcess, NoisyCostModel, StepNoise
     from fineserve.sim.stepper import BatchCoster
 
-    return BatchCoster(NoisyCostModel(cost, process or NoiseProcess(noise, seed)))
+    inner = cost
+    if kernel is not None and not kernel.off:
+        inner = CachedCostModel(cost, KernelCacheProcess(kernel))
+    return BatchCoster(NoisyCostModel(inner, process or NoiseProcess(noise or StepNoise(), seed)))
 
 
 def _rel(sim: float | None, real: float | None) -> float | None:
@@ -462,6 +476,7 @@ def _validate_in(
         f"serving {len(reqs)} requests at {cfg.load * capacity:.1f} req/s ({cfg.load}x the "
         f"table's capacity) on the real engine, TTFT SLO {slo * 1e3:.0f} ms, {kind} clock ..."
     )
+    kernel = measure_kernel_cache(folder, cfg, kind, arena_tokens)
     profile_s = time.monotonic() - start
     during = _InRunProfile(folder, cfg, kind, arena_tokens)
     every = len(reqs) / (cfg.load * capacity) / (during.total + 1)
@@ -480,7 +495,10 @@ def _validate_in(
         for point in during.runs
     }  # fmt: skip
     noise = estimate_step_noise(during.timed_steps(held_out.__getitem__, key))
-    sims = [_simulated(reqs, kv, arena, slo, table, noise, seed + k) for k in range(SIM_SEEDS)]
+    sims = [
+        _simulated(reqs, kv, arena, slo, table, noise, seed + k, kernel=kernel)
+        for k in range(SIM_SEEDS)
+    ]
     doc = compare(real, sims, solo)
     errs = [v for v in doc["relative_error"].values() if v is not None]
     doc.update(
@@ -495,6 +513,7 @@ def _validate_in(
                  "mixed_extra_s": dict(zip(("m0", "m1_per_decode"), table.mixed_terms(key),
                                            strict=True))},
         step_noise=noise.as_dict(),
+        kernel_cache=kernel.as_dict(),
         step_fidelity=step_fidelity(table, key, steps),
     )  # fmt: skip
     doc["_run"] = {
@@ -506,6 +525,32 @@ def _validate_in(
         "cpu_share": run["cpu_s"] / run["wall_s"] if run["wall_s"] > 0 else None,
     }
     return doc
+
+
+def kernel_cache_capacity(gemm_shapes: int = GEMM_SHAPES) -> int:
+    """Step token counts the engine's kernel cache holds: oneDNN's primitive cache capacity
+    (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`, 1024 by default) over the GEMM shapes one token count
+    builds (`costmodel.kernel_cache`)."""
+    raw = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")
+    primitives = int(raw) if raw.strip().isdigit() else ONEDNN_CACHE_DEFAULT
+    return max(0, primitives // max(1, gemm_shapes))
+
+
+def measure_kernel_cache(folder: Path, cfg: Settings, clock: str, arena_tokens: int) -> Any:
+    """The `KernelCache` of this run: `kernel_cache_capacity()` token counts, and the median
+    over `KERNEL_PROBES` token counts the profile did not use (prompts of 21, 31, ... tokens)
+    of a first prefill minus the second (`bench.profile.measure_kernel_miss`), at least 0."""
+    from fineserve.bench.profile import _ints, measure_kernel_miss
+    from fineserve.costmodel.kernel_cache import KernelCache
+    from fineserve.costmodel.table import mixed_probe_prompts
+
+    used = set()
+    for b in _ints(cfg.batch_sizes):
+        for n in _ints(cfg.input_lens):
+            used |= {b, n, b * n, n + b, sum(mixed_probe_prompts(b, n))}
+    lengths = [n for n in range(21, PROMPT_LEN[1] + 60, 10) if n not in used][:KERNEL_PROBES]
+    diffs = measure_kernel_miss(folder, NAME, lengths, clock, arena_tokens)
+    return KernelCache(kernel_cache_capacity(), max(0.0, float(np.median(diffs))))
 
 
 class _InRunProfile:
@@ -598,9 +643,10 @@ def probe_shapes(
 ) -> list[Any]:
     """Batch shapes of a profile point's timed steps in the order they ran
     (`bench.profile.measure_point_steps`, `PointSteps.in_order`): the prefill of `batch`
-    prompts, `decodes` decode steps (contexts `input_len` + j), then `mixed` times a decode
-    step of the `batch` sequences of `costmodel.table.mixed_probe_prompts` and a step
-    prefilling one prompt beside their decodes. Without `between` (probes of the older
+    prompts, `decodes` decode steps (contexts `input_len` + j), then (after an untimed mixed
+    step) `mixed` times a decode step of the `batch` sequences of
+    `costmodel.table.mixed_probe_prompts` and a step prefilling one prompt beside their
+    decodes. Without `between` (probes of the older
     layout), the mixed steps ran back to back beside the first batch's decodes."""
     from fineserve.costmodel.base import BatchShape
     from fineserve.costmodel.table import mixed_probe_prompts
@@ -614,9 +660,9 @@ def probe_shapes(
             BatchShape(prefill=prompt, decode_context=(ctx + j,) * batch) for j in range(mixed)
         ]
     lens = mixed_probe_prompts(batch, input_len)
-    for j in range(mixed):
-        shapes.append(BatchShape(decode_context=tuple(n + 2 * j for n in lens)))
-        shapes.append(BatchShape(prefill=prompt, decode_context=tuple(n + 2 * j + 1 for n in lens)))
+    for j in range(mixed):  # after the untimed mixed step (decodes at the prompt lengths)
+        shapes.append(BatchShape(decode_context=tuple(n + 1 + 2 * j for n in lens)))
+        shapes.append(BatchShape(prefill=prompt, decode_context=tuple(n + 2 + 2 * j for n in lens)))
     return shapes
 
 

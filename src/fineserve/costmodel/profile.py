@@ -4,11 +4,12 @@ Schema (header names): model, qformat, tp, mps_percentage, batch_size, input_len
 seq_len, prefill_time, decode_time, ttft, tpot, e2e (seconds), and the optional mixed_time.
 ``prefill_time`` is the prefill of the whole batch (batch_size prompts of input_len tokens);
 ``tpot`` is the mean decode step time while the batch generates output_len tokens;
-``mixed_time`` (CPU tables of ``fineserve profile``; absent from the H100 profile) is one step in
-which a further prompt of input_len tokens prefills beside the batch's batch_size decodes (each
-feeding its output_len-th token). Missing optional columns default sensibly (mps_percentage
-100, tp 1, mixed_time 0 = not measured); qformats are normalised (``org`` -> ``fp16``,
-``fp8_kv8`` -> ``fp8``).
+``mixed_time`` (CPU tables of ``fineserve profile``; absent from the H100 profile) is the mean
+step in which a further prompt of input_len tokens prefills beside batch_size decodes of uneven
+contexts (`table.mixed_shape`; tables written before 2026-11-22 timed it beside the row's own
+batch, every decode at context input_len + output_len - 1). Missing optional columns default
+sensibly (mps_percentage 100, tp 1, mixed_time 0 = not measured); qformats are normalised
+(``org`` -> ``fp16``, ``fp8_kv8`` -> ``fp8``).
 """
 
 from __future__ import annotations

@@ -219,11 +219,12 @@ def mixed_probe_prompts(batch: int, input_len: int) -> list[int]:
 
 
 def mixed_shape(row: ProfileRow) -> BatchShape:
-    """The (first) step a row's ``mixed_time`` measured (`bench.profile.measure_point_steps`):
-    one prompt of input_len tokens prefilling beside batch_size decodes of uneven contexts:
-    the sequences of `mixed_probe_prompts`, each feeding its second output token (context
-    prompt + 1 before it: one decode step ran before the mixed step)."""
-    ctx = tuple(n + 1 for n in mixed_probe_prompts(row.batch_size, row.input_len))
+    """The (first timed) step a row's ``mixed_time`` measured
+    (`bench.profile.measure_point_steps`): one prompt of input_len tokens prefilling beside
+    batch_size decodes of uneven contexts: the sequences of `mixed_probe_prompts`, each
+    feeding its third output token (context prompt + 2 before it: an untimed mixed step and
+    a decode step ran before)."""
+    ctx = tuple(n + 2 for n in mixed_probe_prompts(row.batch_size, row.input_len))
     return BatchShape(prefill=((row.input_len, 0),), decode_context=ctx)
 
 

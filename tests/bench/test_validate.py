@@ -302,3 +302,20 @@ def test_kernel_cache_misses_slow_the_simulated_steps() -> None:
     assert ttft(KernelCache(capacity=1, miss_s=0.004)) > plain + 0.003
     # a cache holding every count pays once per count only: less than that
     assert plain < ttft(KernelCache(capacity=10_000, miss_s=0.004)) < ttft(KernelCache(1, 0.004))
+
+
+def test_step_fidelity_with_the_kernel_cache_charges_first_sights() -> None:
+    from fineserve.costmodel.fit import StepCoeffs
+    from fineserve.costmodel.kernel_cache import KernelCache
+    from fineserve.costmodel.table import TableCostModel
+
+    cost = TableCostModel({KEY: StepCoeffs((0.002, 1e-4, 0.0, 0.0, 0.0), (0.002, 0.0, 0.0))})
+    shape = BatchShape(prefill=((40, 0),))
+    table_s = cost.step_time(KEY, shape)
+    # the real run: the first prefill of 40 tokens paid 3 ms more than the second
+    steps = [(shape, table_s + 0.003), (shape, table_s)]
+    plain = v.step_fidelity(cost, KEY, steps)["prefill"]
+    cached = v.step_fidelity(v._replayed(cost, KernelCache(8, 0.003)), KEY, steps)["prefill"]
+    assert plain["pred_over_real_sum"] < 0.99
+    assert cached["pred_over_real_sum"] == pytest.approx(1.0)
+    assert v._replayed(cost, KernelCache()) is cost

@@ -298,6 +298,15 @@ def step_fidelity(cost: Any, key: Any, steps: Sequence[tuple[Any, float]]) -> di
     }
 
 
+def _replayed(cost: Any, kernel: Any) -> Any:
+    """`cost` plus the kernel-cache misses (`costmodel.kernel_cache.CachedCostModel`) of the
+    steps it is asked about, in that order: for `step_fidelity` over the real run's steps, the
+    prediction of each real step with the cache state the run's earlier steps left."""
+    from fineserve.costmodel.kernel_cache import CachedCostModel, KernelCacheProcess
+
+    return cost if kernel.off else CachedCostModel(cost, KernelCacheProcess(kernel))
+
+
 def _simulated(
     reqs: list[SimRequest],
     kv: Any,
@@ -515,6 +524,7 @@ def _validate_in(
         step_noise=noise.as_dict(),
         kernel_cache=kernel.as_dict(),
         step_fidelity=step_fidelity(table, key, steps),
+        step_fidelity_with_kernel_cache=step_fidelity(_replayed(table, kernel), key, steps),
     )  # fmt: skip
     doc["_run"] = {
         "profile_wall_s": profile_s,
@@ -708,6 +718,12 @@ def format_validation(doc: dict[str, Any]) -> str:
         lines.append(
             f"step-time noise (log sd): fast {noise['sigma_fast']:.3f}, slow "
             f"{noise['sigma_slow']:.3f} over {noise['tau_slow_s']:.2f} s"
+        )
+    kernel = doc.get("kernel_cache")
+    if kernel:
+        lines.append(
+            f"kernel cache: {kernel['capacity']} token counts, a miss costs "
+            f"{kernel['miss_s'] * 1e3:.2f} ms"
         )
     cond = doc.get("conditions")
     if cond:

@@ -108,6 +108,22 @@ class CostModelHelpers:
         ]
 
 
+def inner_decode_times(
+    model: object, key: InstanceKey, contexts: tuple[int, ...] | list[int], k: int
+) -> list[float]:
+    """`model`'s solo times of ``k`` consecutive decode iterations (iteration j: every
+    context + j) as floats: its ``decode_step_times`` when it has one, else its ``step_time``
+    per iteration. For wrappers that adjust an inner model's times."""
+    method = getattr(model, "decode_step_times", None)
+    if method is not None:
+        return [float(t) for t in method(key, contexts, k)]
+    step_time = model.step_time  # type: ignore[attr-defined]
+    return [
+        float(step_time(key, BatchShape(decode_context=tuple(c + j for c in contexts))))
+        for j in range(k)
+    ]
+
+
 @dataclass(frozen=True)
 class InterferenceModel:
     """Slowdown of an instance that shares the GPU's SMs with other executing instances.

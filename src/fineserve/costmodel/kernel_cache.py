@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from fineserve.costmodel.base import BatchShape, InstanceKey
+from fineserve.costmodel.base import BatchShape, InstanceKey, inner_decode_times
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,7 @@ class CachedCostModel:
         """`step_time` of k consecutive decode iterations (iteration j: every context + j):
         all of one token count, so only the first can miss."""
         self._parts = None
-        method = getattr(self.inner, "decode_step_times", None)
-        if method is not None:
-            times = [float(t) for t in method(key, contexts, k)]
-        else:
-            shapes = [BatchShape(decode_context=tuple(c + j for c in contexts)) for j in range(k)]
-            times = [float(self.inner.step_time(key, shape)) for shape in shapes]
+        times = inner_decode_times(self.inner, key, contexts, k)
         if times and contexts:
             times[0] += self.process.charge(len(contexts))
         return times

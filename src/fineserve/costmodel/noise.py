@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fineserve.costmodel.base import BatchShape, InstanceKey
+from fineserve.costmodel.base import BatchShape, InstanceKey, inner_decode_times
 
 TAUS_S = tuple(0.005 * 2.0 ** (k / 2) for k in range(27))  # 5 ms .. ~41 s, candidate tau_slow
 
@@ -163,11 +163,6 @@ class NoisyCostModel:
         self, key: InstanceKey, contexts: tuple[int, ...] | list[int], k: int
     ) -> list[float]:
         """`step_time` of k consecutive decode iterations (iteration j: every context + j)."""
-        method = getattr(self.inner, "decode_step_times", None)
-        if method is not None:
-            times = [float(t) for t in method(key, contexts, k)]
-        else:
-            shapes = [BatchShape(decode_context=tuple(c + j for c in contexts)) for j in range(k)]
-            times = [float(self.inner.step_time(key, shape)) for shape in shapes]
+        times = inner_decode_times(self.inner, key, contexts, k)
         factor = self.process.factor
         return [t * factor(t) for t in times]

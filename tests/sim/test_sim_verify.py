@@ -43,7 +43,7 @@ def test_verified_placement_is_the_best_candidate_of_its_planning_run() -> None:
     v = verified_placement(spec, models, 8, GpuSpec(), plan)
     assert set(v.scores) == set(spec.placement_candidates)
     assert v.scores[v.chosen] == max(v.scores.values())
-    assert v.placement == placement_for(spec.name, models, 8, GpuSpec(), cost, (512, 256),
+    assert v.placement == placement_for(spec, models, 8, GpuSpec(), cost, (512, 256),
                                         v.chosen)  # fmt: skip
     assert 0.0 < min(v.scores.values()) <= 1.0 and v.sim_s > 0.0
     again = verified_placement(spec, models, 8, GpuSpec(), plan)

@@ -71,7 +71,7 @@ class RunResult:
 
 
 def placement_for(
-    scheme: str,
+    spec: SchemeSpec,
     models: Sequence[SimModel],
     num_gpus: int,
     gpu: GpuSpec,
@@ -83,7 +83,6 @@ def placement_for(
     each model at its catalogue TP), with the models it leaves out placed best effort on
     leftover memory (`fill_unplaced`, the same rule for every scheme); the built-in
     `fixed_placement` if that policy raises."""
-    spec = get_scheme(scheme)
     try:
         placement, _ = policy_placement(
             models, num_gpus, gpu, policy or spec.placement_policy, cost, *mean_lengths
@@ -113,13 +112,12 @@ def verified_placement(
     `placement_candidates` run by the scheme on a planning workload of its own seed."""
     reqs = poisson_requests(models, plan.lengths, spec.verify_s, plan.seed + PLANNING_SEED_OFFSET)
     candidates = {
-        policy: placement_for(spec.name, models, num_gpus, gpu, plan.cost, plan.mean_lengths,
-                              policy)
+        policy: placement_for(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths, policy)
         for policy in spec.placement_candidates
     }  # fmt: skip
 
     def simulate(placement: Placement) -> Trial:
-        res = run_scheme(spec.name, models, reqs, plan.cost, plan.interference, num_gpus,
+        res = run_scheme(spec, models, reqs, plan.cost, plan.interference, num_gpus,
                          spec.verify_s + plan.drain_s, gpu, placement)  # fmt: skip
         return Trial(float(res.summary["slo_attainment"] or 0.0), res.sim_s, res.wall_s)
 
@@ -127,7 +125,7 @@ def verified_placement(
 
 
 def run_scheme(
-    scheme: str,
+    spec: SchemeSpec,
     models: Sequence[SimModel],
     requests: Sequence[SimRequest],
     cost: CostModel,
@@ -137,10 +135,10 @@ def run_scheme(
     gpu: GpuSpec | None = None,
     placement: Placement | None = None,
 ) -> RunResult:
-    """Simulate one scheme on `requests`; metrics over [0, horizon]."""
+    """Simulate scheme `spec` on `requests`; metrics over [0, horizon]."""
     gpu = gpu or GpuSpec()
     placement = placement or fixed_placement(models, num_gpus, gpu)
-    sim = ClusterSim(models, placement, get_scheme(scheme), cost, interference, gpu)
+    sim = ClusterSim(models, placement, spec, cost, interference, gpu)
     t0 = perf_counter()
     book = sim.run(requests, horizon_s=horizon_s)
     wall = perf_counter() - t0
@@ -196,9 +194,9 @@ def run_paper(
                               "planning_wall_s": v.wall_s}  # fmt: skip
                 else:
                     placement = placement_for(
-                        name, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
+                        spec, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
                     )
-                res = run_scheme(name, models, reqs, cost, interference, cfg.num_gpus,
+                res = run_scheme(spec, models, reqs, cost, interference, cfg.num_gpus,
                                  cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
                 sim_total += res.sim_s
                 wall_total += res.wall_s

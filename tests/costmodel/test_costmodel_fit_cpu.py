@@ -40,6 +40,18 @@ def _rows() -> list[ProfileRow]:
     return rows
 
 
+def assert_decode_step_times_are_step_times(
+    table: TableCostModel, contexts: tuple[int, ...], k: int
+) -> None:
+    """The table's closed-form `decode_step_times` gives the same floats as `step_time` on each
+    iteration's shifted batch."""
+    plain = [
+        table.step_time(KEY, BatchShape(decode_context=tuple(c + j for c in contexts)))
+        for j in range(k)
+    ]
+    assert table.decode_step_times(KEY, contexts, k) == plain
+
+
 def test_piecewise_decode_reproduces_a_profile_the_linear_fit_cannot() -> None:
     linear = fit_instance(_rows())
     piecewise = fit_instance(_rows(), piecewise_decode=True)
@@ -68,13 +80,7 @@ def test_piecewise_table_is_monotone_and_its_horizon_times_match_step_time() -> 
     table = TableCostModel({KEY: fit_instance(_rows(), piecewise_decode=True)})
     times = [table.step_time(KEY, BatchShape(decode_context=(100,) * n)) for n in range(1, 40)]
     assert all(a <= b for a, b in itertools.pairwise(times))
-    contexts = (90, 130, 17)
-    fast = table.decode_step_times(KEY, contexts, 5)
-    plain = [
-        table.step_time(KEY, BatchShape(decode_context=tuple(c + j for c in contexts)))
-        for j in range(5)
-    ]
-    assert fast == plain  # the same floats
+    assert_decode_step_times_are_step_times(table, (90, 130, 17), 5)
     mixed = BatchShape(prefill=((32, 0),), decode_context=(50, 60))
     alone = table.step_time(KEY, BatchShape(prefill=((32, 0),)))
     assert table.step_time(KEY, mixed) > alone
@@ -116,19 +122,10 @@ def test_padded_decode_counts_every_sequence_at_the_longest_context() -> None:
     assert padded.step_time(KEY, uneven) == padded.step_time(KEY, even)
     assert summed.step_time(KEY, uneven) < summed.step_time(KEY, even)
     assert padded.step_time(KEY, even) == summed.step_time(KEY, even)  # same fit, same rows
-    contexts = (10, 100, 37)
-    fast = padded.decode_step_times(KEY, contexts, 4)
-    plain = [
-        padded.step_time(KEY, BatchShape(decode_context=tuple(c + j for c in contexts)))
-        for j in range(4)
-    ]
-    assert fast == plain  # the same floats
+    assert_decode_step_times_are_step_times(padded, (10, 100, 37), 4)
     mixed = BatchShape(prefill=((32, 0),), decode_context=(10, 100))
     assert padded.step_time(KEY, mixed) > summed.step_time(KEY, mixed)
     c = padded.coeffs(KEY)
     assert _coeffs_from_json(json.loads(json.dumps(_coeffs_to_json(c)))).decode_padded
     linear_padded = TableCostModel({KEY: fit_instance(_rows(), padded_decode=True)})
-    assert linear_padded.decode_step_times(KEY, contexts, 3) == [
-        linear_padded.step_time(KEY, BatchShape(decode_context=tuple(x + j for x in contexts)))
-        for j in range(3)
-    ]
+    assert_decode_step_times_are_step_times(linear_padded, (10, 100, 37), 3)

@@ -82,10 +82,10 @@ SCHEMES: Mapping[str, SchemeSpec] = {
     ),
     "fineserve_plus": SchemeSpec(
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
-        policy_options=(("tpot_budget", True), ("fewest_misses", True)),
+        policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
         placement_candidates=("fineserve", "prism"), interference_aware=True,
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
-        "interference-aware admission, simulation-verified placement",
+        "interference-aware and look-ahead admission, simulation-verified placement",
     ),
 }  # fmt: skip
 

@@ -136,6 +136,8 @@ class LocalScheduler(SchedulerState):
         if self.interference is not None and self._busy:
             in_flight = len({other.step_id for other in self._busy.values()})
             ctx.slowdown = self.interference.colocated_slowdown(1.0, 1 + in_flight)
+        if self.policy.uses_forecast:
+            ctx.forecast = {m: self.arrivals[m].forecast(now) for m in names}
         self._all_lane = len(names) == len(self.models)
         budget = self._schedule_decodes(plan, builds, lane, ctx)
         self._refused_all = False

@@ -25,6 +25,7 @@ from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResul
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.errors import InvalidRequestError
+from fineserve.scheduler.local.forecast import ArrivalWindow
 from fineserve.scheduler.local.memory import PageBroker
 from fineserve.scheduler.local.sequence import Sequence, Stamp, Status
 
@@ -193,6 +194,8 @@ class SchedulerState:
         self._released: dict[str, list[str]] = {m: [] for m in self.models}
         self._outputs: list[RequestOutput] = []
         self._unfinished: dict[str, int] = {m: 0 for m in self.models}
+        # each model's recent submissions (`forecast`: what it is expected to send next)
+        self.arrivals: dict[str, ArrivalWindow] = {m: ArrivalWindow() for m in self.models}
 
     # -- submission ------------------------------------------------------------------------
     def add_request(
@@ -242,6 +245,7 @@ class SchedulerState:
         self.waiting_version += 1
         self.state_version += 1
         self._unfinished[model] += 1
+        self.arrivals[model].note(arrival_s, seq.num_prompt)
         return seq
 
     def abort(self, request_id: str) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from fineserve.scheduler.local.config import REJECT, ServedModel
+from fineserve.scheduler.local.forecast import Forecast
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence
 
@@ -40,6 +41,8 @@ class PolicyContext:
     # predicted time multiplier of this lane's prefill steps from the engine's other lanes in
     # flight beside it (`LocalScheduler(interference=...)`; 1.0 without an interference model)
     slowdown: float = 1.0
+    # per model of the lane, its expected arrivals (only for a policy with `uses_forecast`)
+    forecast: Mapping[str, Forecast] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Policy(ABC):
     #: time (only on the candidates): a step whose prefills were all refused admission is
     #: planned alike at a later time while nothing else changes
     static_admission: ClassVar[bool] = False
+    #: `admit` reads `PolicyContext.forecast` (the scheduler fills it only then)
+    uses_forecast: bool = False
 
     @abstractmethod
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission: ...

@@ -28,7 +28,10 @@ miss (in `paper` at 240 req/s this alone moved fineserve_plus from 0.60 to 0.77 
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable
 from collections.abc import Sequence as Seqs
+from dataclasses import dataclass
 
 from fineserve.scheduler.local.config import REJECT, ServedModel
 from fineserve.scheduler.local.costs import BatchShape
@@ -70,15 +73,23 @@ def tpot_token_budget(first: Sequence, ctx: PolicyContext) -> int:
 class SlackPolicy(Policy):
     name = "slack"
 
-    def __init__(self, tpot_budget: bool = False, fewest_misses: bool = False) -> None:
+    def __init__(
+        self, tpot_budget: bool = False, fewest_misses: bool = False, lookahead: bool = False
+    ) -> None:
+        if lookahead and not fewest_misses:
+            raise ValueError("lookahead admission needs fewest_misses=True")
         self.tpot_budget = tpot_budget
         self.fewest_misses = fewest_misses
+        self.lookahead = lookahead
+        self.uses_forecast = lookahead
 
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
         kept, rejected = split_unmeetable(waiting, ctx)
         kept.sort(key=lambda s: (s.best_effort, s.deadline_s, s.arrival_s))
-        walk = _fewest_misses if self.fewest_misses else _cumulative
-        on_time, given_up = walk(kept, ctx)
+        if self.fewest_misses:
+            on_time, given_up = _fewest_misses(kept, ctx, self.lookahead)
+        else:
+            on_time, given_up = _cumulative(kept, ctx)
         late: list[Sequence] = []
         for seq in given_up:
             if ctx.unmeetable == REJECT and not seq.best_effort:
@@ -120,37 +131,95 @@ def _cumulative(kept: list[Sequence], ctx: PolicyContext) -> tuple[list[Sequence
 
 
 def _fewest_misses(
-    kept: list[Sequence], ctx: PolicyContext
+    kept: list[Sequence], ctx: PolicyContext, lookahead: bool = False
 ) -> tuple[list[Sequence], list[Sequence]]:
-    """Moore-Hodgson over the earliest-deadline order: add each request; while the last one
+    """Moore-Hodgson over the earliest-deadline order: add each request; when the last one
     admitted would finish past its deadline, give up the admitted fresh request with the
-    largest cost (if none is fresh, keep going: started work is never dropped).
+    largest cost (first in deadline order among equals; if none is fresh, keep going: started
+    work is never dropped).
 
     Cost model: chunked prefill packs the queue into full steps, so a request adds its share of
     a full step (`pending / token_budget` of a step with a full chunk and the running decodes,
-    `_full_step_s`); it cannot finish before its own prefill alone. Invariant: every request is
-    in exactly one of the two lists; the on-time list keeps the deadline order."""
-    on_time: list[Sequence] = []
+    `_full_step_s`); it cannot finish before its own prefill alone.
+
+    `lookahead`: the walk also holds the requests each model is expected to send within one
+    SLO from now (`_expected_arrivals`, from `PolicyContext.forecast`), each at the mean
+    prompt's cost. They take part like fresh requests but are never admitted or
+    rejected themselves; a real request given up for them is one whose prefill would crowd
+    out more of the requests about to arrive than it is worth (in overload the window to a
+    loose deadline is long, and without this the walk fills it with whatever came first).
+
+    Invariant: every request is in exactly one of the two lists; the on-time list keeps the
+    deadline order, the given-up one the order they were given up in."""
     given_up: list[Sequence] = [s for s in kept if s.fresh and s.best_effort]
+    walk = [s for s in kept if not (s.fresh and s.best_effort)]
     full: dict[str, float] = {}
-    cost: dict[int, float] = {}
+
+    def full_step(model: str) -> float:
+        if model not in full:
+            full[model] = _full_step_s(model, ctx) * ctx.slowdown
+        return full[model]
+
+    items: list[_Item] = [
+        _Item((s.best_effort, s.deadline_s, s.arrival_s), s.deadline_s,
+              full_step(s.model) * s.pending / ctx.token_budget, s)
+        for s in walk
+    ]  # fmt: skip
+    if lookahead and walk:
+        expected = _expected_arrivals(ctx, full_step)
+        if expected:
+            items = list(heapq.merge(items, expected, key=lambda i: i.key))
+    admitted: list[_Item] = []
+    worst: list[tuple[float, int, _Item]] = []  # droppable admitted items, largest cost first
     t = ctx.now
-    for seq in kept:
-        if seq.fresh and seq.best_effort:
-            continue
-        if seq.model not in full:
-            full[seq.model] = _full_step_s(seq.model, ctx) * ctx.slowdown
-        cost[id(seq)] = c = full[seq.model] * seq.pending / ctx.token_budget
-        on_time.append(seq)
-        t += c
-        if max(t, ctx.now + ctx.predictor.prefill_alone(seq)) > seq.deadline_s:
-            droppable = [s for s in on_time if s.fresh]
-            if droppable:
-                worst = max(droppable, key=lambda s: cost[id(s)])
-                on_time.remove(worst)
-                given_up.append(worst)
-                t -= cost[id(worst)]
+    for n, item in enumerate(items):
+        seq = item.seq
+        admitted.append(item)
+        if seq is None or seq.fresh:
+            heapq.heappush(worst, (-item.cost, n, item))
+        t += item.cost
+        alone = ctx.now + ctx.predictor.prefill_alone(seq) if seq is not None else t
+        if max(t, alone) > item.deadline and worst:
+            _, _, drop = heapq.heappop(worst)
+            drop.dropped = True
+            t -= drop.cost
+            if drop.seq is not None:
+                given_up.append(drop.seq)
+    on_time = [i.seq for i in admitted if i.seq is not None and not i.dropped]
     return on_time, given_up
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    """One request of the Moore-Hodgson walk (`seq` None: an expected arrival)."""
+
+    key: tuple[bool, float, float]  # the walk's order: (best effort, deadline, arrival)
+    deadline: float
+    cost: float
+    seq: Sequence | None
+    dropped: bool = False
+
+
+MAX_EXPECTED = 1024  # expected arrivals in one walk, at most
+
+
+def _expected_arrivals(ctx: PolicyContext, full_step: Callable[[str], float]) -> list[_Item]:
+    """The requests each lane model is expected to send within one TTFT SLO from `now`
+    (`ctx.forecast`: at its rate, evenly spaced, prompts of the mean length), in the walk's
+    order. One SLO ahead mirrors the queue, which holds the last SLO's arrivals."""
+    out: list[_Item] = []
+    for model, fc in ctx.forecast.items():
+        slo = ctx.models[model].ttft_slo_s
+        if fc.rate <= 0 or slo is None:
+            continue
+        cost = full_step(model) * fc.mean_prompt / ctx.token_budget
+        gap = 1.0 / fc.rate
+        arrival = ctx.now + gap
+        while arrival <= ctx.now + slo and len(out) < MAX_EXPECTED:
+            out.append(_Item((False, arrival + slo, arrival), arrival + slo, cost, None))
+            arrival += gap
+    out.sort(key=lambda i: i.key)
+    return out
 
 
 def _full_step_s(model: str, ctx: PolicyContext) -> float:

@@ -39,3 +39,12 @@ def test_a_lane_beside_another_in_flight_sees_its_queue_slowed(h: ModuleType) ->
 
 def test_without_other_lanes_in_flight_nothing_changes(h: ModuleType) -> None:
     assert _a_admitted(_engine(h, DOUBLE), b_in_flight=False)
+
+
+def test_other_engines_in_flight_on_its_gpus_slow_its_queue_too(h: ModuleType) -> None:
+    engine = _engine(h, DOUBLE)
+    engine.scheduler.neighbours_in_flight = 1  # one step of another engine on its GPUs
+    assert not _a_admitted(engine, b_in_flight=False)
+    blind = _engine(h, None)
+    blind.scheduler.neighbours_in_flight = 1  # without an interference model: no effect
+    assert _a_admitted(blind, b_in_flight=False)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-from tests.sim.conftest import TINY_Q, A, B, C, D, E, F, tiny_model
+from dataclasses import replace
 
+import pytest
+from tests.sim.conftest import TINY, TINY_Q, A, B, C, D, E, F, tiny_model
+
+from fineserve.costmodel.base import InstanceKey
+from fineserve.costmodel.fit import StepCoeffs
+from fineserve.costmodel.table import TableCostModel
 from fineserve.sim.catalog import SimModel
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import PlacedInstance, Placement
@@ -59,3 +64,27 @@ def test_a_request_goes_to_the_replica_with_the_fewest_of_its_own_model(table, g
     sim.run(reqs, horizon_s=0.0)
     where = {rid: min(eng.gpus) for rid, eng in sim._engine_of.items() if rid.startswith("a")}
     assert where == {"a0": 1, "a1": 0, "a2": 1}
+
+
+@pytest.mark.parametrize(("scheme", "seen"), [("fineserve_plus", 1), ("fineserve", 0)])
+def test_an_interference_aware_engine_sees_other_engines_steps_on_its_gpus(
+    scheme: str, seen: int, table, gpu
+) -> None:
+    """m1 (TP=2 on GPUs 0-1) is prefilling when m0's request reaches its engine on GPU 0:
+    that step of another engine is counted into m0's planning (`neighbours_in_flight`) by
+    the interference-aware scheme only; m2 on GPU 2 shares no GPU with it."""
+    tp2 = replace(TINY, tp=2)
+    coeffs = StepCoeffs(prefill=(A, B, C, 0.0, 0.0), decode=(D, E, F))
+    table = TableCostModel(
+        {InstanceKey("tiny", "fp16", t): coeffs for t in (1, 2)}, table.interference
+    )
+    models = [tiny_model(), SimModel("m1", tp2, 1.0, ttft_slo_s=1.0), tiny_model("m2")]
+    placement = Placement(
+        (PlacedInstance("m1", (0, 1)), PlacedInstance("m0", (0,)), PlacedInstance("m2", (2,))), 3
+    )
+    sim = ClusterSim(models, placement, get_scheme(scheme), table, table.interference, gpu)
+    reqs = [SimRequest("long", "m1", 0.0, 2000, 1)]
+    reqs += [SimRequest("a", "m0", 0.0, 10, 1), SimRequest("c", "m2", 0.0, 10, 1)]
+    sim.run(reqs, horizon_s=0.0)
+    counted = {eng.models[0]: eng.engine.scheduler.neighbours_in_flight for eng in sim.engines}
+    assert counted == {"m0": seen, "m1": 0, "m2": 0}

@@ -410,6 +410,8 @@ class ClusterSim:
                 max_steps = self.max_steps
             elif self.step_runs and eng.solo:
                 max_steps, stepped = self.max_steps, True
+        if self.scheme.interference_aware:
+            engine.scheduler.neighbours_in_flight = _neighbours_in_flight(eng)
         # a stepped run stands for single steps: it takes pages early only where the
         # allocator guarantees their grants
         plan: StepPlan = engine.begin_step(
@@ -672,3 +674,15 @@ def group_arenas(
             raise ValueError(f"models {names} leave no KV memory on GPUs {gpus}")
         out[gpus] = arena
     return out
+
+
+def _neighbours_in_flight(eng: SimEngine) -> int:
+    """Plans of other engines running on any of `eng`'s GPUs (each lane once): what slows
+    `eng`'s steps besides its own lanes (`LocalScheduler.neighbours_in_flight`)."""
+    gpus = eng.gpus
+    lanes = {
+        id(a.owner)
+        for a in eng.group.active
+        if isinstance(a.owner, SimLane) and a.owner.eng is not eng and not gpus.isdisjoint(a.gpus)
+    }
+    return len(lanes)

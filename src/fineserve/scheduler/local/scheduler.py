@@ -59,9 +59,14 @@ class LocalScheduler(SchedulerState):
         interference: InterferenceModel | None = None,
     ) -> None:
         """`interference`: how co-located steps slow each other; given, a lane's plan is made
-        knowing the engine's other lanes in flight (`PolicyContext.slowdown`)."""
+        knowing the engine's other lanes in flight and `neighbours_in_flight`, the steps of
+        other engines on its GPUs (`PolicyContext.slowdown`)."""
         super().__init__(models, allocator, config)
         self.interference = interference
+        # steps of other engines in flight on this engine's GPUs, as its host last saw them
+        # (set before `schedule`; with `interference`, they slow a lane's queue as its own
+        # lanes in flight do)
+        self.neighbours_in_flight = 0
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.predictor = Predictor(cost_model, self.models, self.config.token_budget)
         self._step_id = 0
@@ -133,8 +138,9 @@ class LocalScheduler(SchedulerState):
             self.config.unmeetable,
             can_start=self._can_start,
         )
-        if self.interference is not None and self._busy:
+        if self.interference is not None and (self._busy or self.neighbours_in_flight):
             in_flight = len({other.step_id for other in self._busy.values()})
+            in_flight += self.neighbours_in_flight
             ctx.slowdown = self.interference.colocated_slowdown(1.0, 1 + in_flight)
         if self.policy.uses_forecast:
             ctx.forecast = {m: self.arrivals[m].forecast(now) for m in names}

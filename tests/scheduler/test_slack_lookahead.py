@@ -4,6 +4,7 @@ the arrivals about to come would not fit beside it, and admitted when they would
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seqs
 from types import ModuleType
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from fineserve.costmodel.base import InstanceKey
 from fineserve.scheduler.local import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.forecast import ArrivalWindow, Forecast
-from fineserve.scheduler.local.policies import PolicyContext, SlackPolicy
+from fineserve.scheduler.local.policies import Admission, PolicyContext, SlackPolicy
 from fineserve.scheduler.local.predict import Predictor
 from fineserve.scheduler.local.sequence import Sequence
 from fineserve.sim.executor import LinearCostModel
@@ -68,7 +69,7 @@ class _Recording(SlackPolicy):
         super().__init__(fewest_misses=True, lookahead=True)
         self.seen: list[dict[str, Forecast]] = []
 
-    def admit(self, waiting, ctx):  # type: ignore[no-untyped-def]
+    def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
         self.seen.append(dict(ctx.forecast))
         return super().admit(waiting, ctx)
 

@@ -161,7 +161,7 @@ def _fewest_misses(
         return full[model]
 
     items: list[_Item] = [
-        _Item((s.best_effort, s.deadline_s, s.arrival_s), s.deadline_s,
+        _Item((s.best_effort, s.deadline_s, s.arrival_s),
               full_step(s.model) * s.pending / ctx.token_budget, s)
         for s in walk
     ]  # fmt: skip
@@ -169,12 +169,10 @@ def _fewest_misses(
         expected = _expected_arrivals(ctx, full_step)
         if expected:
             items = list(heapq.merge(items, expected, key=lambda i: i.key))
-    admitted: list[_Item] = []
     worst: list[tuple[float, int, _Item]] = []  # droppable admitted items, largest cost first
     t = ctx.now
     for n, item in enumerate(items):
         seq = item.seq
-        admitted.append(item)
         if seq is None or seq.fresh:
             heapq.heappush(worst, (-item.cost, n, item))
         t += item.cost
@@ -185,7 +183,7 @@ def _fewest_misses(
             t -= drop.cost
             if drop.seq is not None:
                 given_up.append(drop.seq)
-    on_time = [i.seq for i in admitted if i.seq is not None and not i.dropped]
+    on_time = [i.seq for i in items if i.seq is not None and not i.dropped]
     return on_time, given_up
 
 
@@ -194,10 +192,13 @@ class _Item:
     """One request of the Moore-Hodgson walk (`seq` None: an expected arrival)."""
 
     key: tuple[bool, float, float]  # the walk's order: (best effort, deadline, arrival)
-    deadline: float
     cost: float
     seq: Sequence | None
     dropped: bool = False
+
+    @property
+    def deadline(self) -> float:
+        return self.key[1]
 
 
 MAX_EXPECTED = 1024  # expected arrivals in one walk, at most
@@ -220,7 +221,7 @@ def _expected_arrivals(ctx: PolicyContext, full_step: Callable[[str], float]) ->
         gap = 1.0 / fc.rate
         arrival = ctx.now + gap
         while arrival <= ctx.now + LOOKAHEAD_SLOS * slo and len(out) < MAX_EXPECTED:
-            out.append(_Item((False, arrival + slo, arrival), arrival + slo, cost, None))
+            out.append(_Item((False, arrival + slo, arrival), cost, None))
             arrival += gap
     out.sort(key=lambda i: i.key)
     return out

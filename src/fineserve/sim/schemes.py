@@ -34,6 +34,8 @@ class SchemeSpec:
     `placement_candidates`: placement policies whose placements are tried in a planning
     simulation of this scheme, the best kept (`sim.verify`); empty: `placement_policy` alone.
     `verify_s`: the planning workload's arrival window.
+    `growth_pages`: pages per running sequence kept free at admission
+    (`SchedulerConfig.growth_pages_per_running`).
     `interference_aware`: the local scheduler plans each lane knowing the engine's other lanes
     in flight on its GPUs (`LocalScheduler(interference=...)`, the simulator's own model).
     """
@@ -55,6 +57,7 @@ class SchemeSpec:
     placement_candidates: tuple[str, ...] = ()
     verify_s: float = 30.0
     interference_aware: bool = False
+    growth_pages: int = 0
     summary: str = ""
 
     def make_policy(self) -> Policy:
@@ -83,9 +86,10 @@ SCHEMES: Mapping[str, SchemeSpec] = {
     "fineserve_plus": SchemeSpec(
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
         policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
-        placement_candidates=("fineserve", "prism"), interference_aware=True,
+        placement_candidates=("fineserve", "prism"), interference_aware=True, growth_pages=4,
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
-        "interference-aware and look-ahead admission, simulation-verified placement",
+        "interference-aware and look-ahead admission, decode-growth headroom, "
+        "simulation-verified placement",
     ),
 }  # fmt: skip
 
@@ -153,7 +157,11 @@ def build_group_engines(
         # a shared engine runs its models' batches side by side: each keeps a full budget
         # (with lanes the budget applies to each lane's plan, one model each)
         budget = scheme.token_budget * (1 if scheme.lanes else len(part))
-        config = SchedulerConfig(token_budget=budget, max_running=scheme.max_running)
+        config = SchedulerConfig(
+            token_budget=budget,
+            max_running=scheme.max_running,
+            growth_pages_per_running=scheme.growth_pages,
+        )
         scheduler = LocalScheduler(
             [served_model(m) for m in part], allocator, cost_model, scheme.make_policy(), config,
             interference if scheme.interference_aware else None,

@@ -711,7 +711,8 @@ class LocalScheduler(SchedulerState):
 
     def _can_start(self, seq: Sequence, chunk: int | None = None) -> bool:
         """Whether a sequence may take its next chunk now: a running one always may; a waiting
-        one if its model is under `max_running` and keeps `admit_headroom_pages` free.
+        one if its model is under `max_running` and keeps `admit_headroom_pages` free, plus
+        `growth_pages_per_running` for each of its running sequences.
 
         Within a prefill pass (`_admit_memo` set) the model's running count and available
         pages are read once and reused until the pass allocates, grants or preempts (it
@@ -738,7 +739,9 @@ class LocalScheduler(SchedulerState):
             free = self.pages.available(model)
             if memo is not None:
                 memo[model][1] = free
-        return free >= need + self.config.admit_headroom_pages
+        cfg = self.config
+        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+        return free >= need + keep
 
     def _memory_order(self, order: list[Sequence], budget: int, now: float) -> list[Sequence]:
         """When the chunks this step would need more pages than a model can get, serve models

@@ -8,8 +8,14 @@ import pytest
 
 from fineserve.costmodel.registry import make_cost_model
 from fineserve.costmodel.table import load_fitted_interference
-from fineserve.sim.catalog import GpuSpec, paper_models
-from fineserve.sim.experiments import Planning, placement_for, verified_placement
+from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
+from fineserve.sim.experiments import (
+    Planning,
+    candidate_placements,
+    placement_for,
+    slo_scaled,
+    verified_placement,
+)
 from fineserve.sim.placement import PlacedInstance, Placement
 from fineserve.sim.schemes import get_scheme
 from fineserve.sim.verify import Trial, choose_placement
@@ -41,10 +47,10 @@ def test_verified_placement_is_the_best_candidate_of_its_planning_run() -> None:
     spec = replace(get_scheme("fineserve_plus"), verify_s=5.0)
     plan = Planning(cost, load_fitted_interference(), lengths, (512, 256), seed=0, drain_s=10.0)
     v = verified_placement(spec, models, 8, GpuSpec(), plan)
-    assert set(v.scores) == set(spec.placement_candidates)
+    candidates = candidate_placements(spec, models, 8, GpuSpec(), cost, (512, 256))
+    assert set(v.scores) == set(candidates)
     assert v.scores[v.chosen] == max(v.scores.values())
-    assert v.placement == placement_for(spec, models, 8, GpuSpec(), cost, (512, 256),
-                                        v.chosen)  # fmt: skip
+    assert v.placement == candidates[v.chosen]
     assert 0.0 < min(v.scores.values()) <= 1.0 and v.sim_s > 0.0
     again = verified_placement(spec, models, 8, GpuSpec(), plan)
     assert (again.chosen, dict(again.scores)) == (v.chosen, dict(v.scores))
@@ -57,3 +63,25 @@ def test_every_scheme_lists_known_placement_policies() -> None:
         spec = get_scheme(name)
         assert set(spec.placement_candidates) <= set(POLICIES)
     assert get_scheme("fineserve_plus").placement_candidates[0] == "fineserve"
+
+
+def test_margin_candidates_are_the_own_policy_planned_for_scaled_slos() -> None:
+    cost = make_cost_model("h100")
+    models = with_slos(assign_rates(paper_models(1), 30.0, 0.9, 0), cost, 5.0, 512)
+    spec = replace(get_scheme("fineserve_plus"), placement_slo_margins=(0.5,))
+    candidates = candidate_placements(spec, models, 8, GpuSpec(), cost, (512, 256))
+    own = spec.placement_candidates[0]
+    assert list(candidates) == [*spec.placement_candidates, f"{own}@0.5"]
+    tight = [slo_scaled(m, 0.5) for m in models]
+    assert candidates[f"{own}@0.5"] == placement_for(spec, tight, 8, GpuSpec(), cost,
+                                                      (512, 256), own)  # fmt: skip
+    assert candidates[own] == placement_for(spec, models, 8, GpuSpec(), cost, (512, 256), own)
+
+
+def test_slo_scaled_scales_the_slos_a_model_has() -> None:
+    name, mtype = paper_models(1)[0]
+    m = SimModel(name, mtype, rate=3.0, ttft_slo_s=2.0)
+    half = slo_scaled(m, 0.5)
+    assert (half.ttft_slo_s, half.tpot_slo_s) == (1.0, None)
+    assert slo_scaled(m.with_slo(2.0, 0.1), 0.5).tpot_slo_s == pytest.approx(0.05)
+    assert (half.name, half.rate) == (m.name, m.rate)

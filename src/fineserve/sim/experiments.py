@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,35 @@ def placement_for(
     return fill_unplaced(placement, models, gpu)[0]
 
 
+def candidate_placements(
+    spec: SchemeSpec,
+    models: Sequence[SimModel],
+    num_gpus: int,
+    gpu: GpuSpec,
+    cost: CostModel,
+    mean_lengths: tuple[int, int],
+) -> dict[str, Placement]:
+    """`spec`'s candidate placements by name, in trial order: each of its
+    `placement_candidates` policies for the models as served, then the first (the scheme's
+    own) planned with the SLOs scaled by each of its `placement_slo_margins`
+    (`"{policy}@{margin:g}"`)."""
+    plan = partial(placement_for, spec, num_gpus=num_gpus, gpu=gpu, cost=cost,
+                   mean_lengths=mean_lengths)  # fmt: skip
+    out = {policy: plan(models, policy=policy) for policy in spec.placement_candidates}
+    own = spec.placement_candidates[0]
+    for margin in spec.placement_slo_margins:
+        out[f"{own}@{margin:g}"] = plan([slo_scaled(m, margin) for m in models], policy=own)
+    return out
+
+
+def slo_scaled(model: SimModel, factor: float) -> SimModel:
+    """`model` with its TTFT and TPOT SLOs (those it has) times `factor`."""
+    ttft, tpot = model.ttft_slo_s, model.tpot_slo_s
+    return model.with_slo(
+        None if ttft is None else ttft * factor, None if tpot is None else tpot * factor
+    )
+
+
 @dataclass(frozen=True)
 class Planning:
     """What a planning simulation knows: the cost and interference models, the length
@@ -111,10 +141,7 @@ def verified_placement(
     """`spec`'s placement verified by simulation (`sim.verify`): each of its
     `placement_candidates` run by the scheme on a planning workload of its own seed."""
     reqs = poisson_requests(models, plan.lengths, spec.verify_s, plan.seed + PLANNING_SEED_OFFSET)
-    candidates = {
-        policy: placement_for(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths, policy)
-        for policy in spec.placement_candidates
-    }  # fmt: skip
+    candidates = candidate_placements(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths)
 
     def simulate(placement: Placement) -> Trial:
         res = run_scheme(spec, models, reqs, plan.cost, plan.interference, num_gpus,

@@ -20,6 +20,18 @@ def test_registry_has_the_published_policies_and_ours() -> None:
         make_policy("nope")
 
 
+def test_slack_plus_is_the_policy_the_simulated_fineserve_plus_runs() -> None:
+    from fineserve.sim.schemes import get_scheme
+
+    plus = make_policy("slack_plus")
+    sim = get_scheme("fineserve_plus").make_policy()
+    assert isinstance(plus, SlackPolicy) and isinstance(sim, SlackPolicy)
+    options = ("tpot_budget", "fewest_misses", "lookahead", "uses_forecast")
+    assert [getattr(plus, o) for o in options] == [getattr(sim, o) for o in options]
+    assert plus.lookahead and plus.fewest_misses
+    assert not make_policy("slack").lookahead
+
+
 @pytest.mark.parametrize("policy", ["saab", "prism", "slack"])
 def test_request_that_cannot_meet_its_deadline_alone_is_rejected(
     h: ModuleType, policy: str

@@ -1,8 +1,11 @@
-"""Local scheduling policies, by name: `fcfs`, `saab` (the paper), `prism`, `slack` (ours)."""
+"""Local scheduling policies, by name: `fcfs`, `saab` (the paper), `prism`, `slack` (ours) and
+`slack_plus` (`slack` with every option the simulator's `fineserve_plus` scheme turns on:
+TPOT-aware budget, fewest-misses and look-ahead admission)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 
 from fineserve.scheduler.local.policies.base import (
@@ -23,6 +26,7 @@ POLICIES: Mapping[str, Callable[[], Policy]] = MappingProxyType(
         "saab": SAABPolicy,
         "prism": PrismPolicy,
         "slack": SlackPolicy,
+        "slack_plus": partial(SlackPolicy, tpot_budget=True, fewest_misses=True, lookahead=True),
     }
 )
 

@@ -15,10 +15,14 @@ import math
 import zlib
 from collections.abc import Callable
 from functools import partial
+from operator import add
 
 from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
 from fineserve.costmodel.registry import FallbackCostModel
 from fineserve.engine.step import StepPlan, StepResult
+
+_STEP = 7919  # `token_stream`'s stride per position
+_TWO_STEPS = 2 * _STEP
 
 
 class BatchCoster:
@@ -92,7 +96,9 @@ class BatchCoster:
             known = list(map(crcs.get, dec_ids))
             if None in known:
                 known = list(map(self.crc, dec_ids))
-            sampled = [(c + 7919 * (p + 2)) % vocab for c, p in zip(known, dec_pos, strict=True)]
+            # column-wise: (crc + (7919 * p + 2 * 7919)) % vocab, the same integers
+            offsets = map(_TWO_STEPS.__add__, map(_STEP.__mul__, dec_pos))
+            sampled = map(vocab.__rmod__, map(add, known, offsets))
             tokens.update(zip(dec_ids, sampled, strict=True))
         longest = max((w for w, _ in works), default=0.0)
         return StepResult(plan.step_id, tokens, longest), works

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import itemgetter, mod, sub
+from operator import and_, attrgetter, is_, itemgetter, mod, sub
 from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, StepPlan
@@ -31,6 +31,8 @@ from fineserve.scheduler.local.state import DecodeCols, Lane, SchedulerState, Sc
 
 RUNNING = Status.RUNNING
 _last = itemgetter(slice(-1, None))  # tokens[-1:], the token a decode feeds
+_status = attrgetter("status")
+_tokens = attrgetter("tokens")
 
 
 @dataclass(slots=True)
@@ -260,7 +262,7 @@ class LocalScheduler(SchedulerState):
         t = self.pages.tokens_per_page[model]
         pos, tables, seqs = cols.positions, cols.page_tables, cols.seqs
         if cols.edges is not None:
-            edge: Seqs[int] = cols.edges[-(cols.shift + done) % t]
+            edge: Seqs[int] = cols.edge(-(cols.shift + done) % t)
         else:
             edge = [i for i, p in enumerate(pos) if not (p + done) % t]
         full = [seqs[i] for i in edge if pos[i] + done >= len(tables[i]) * t]
@@ -445,6 +447,12 @@ class LocalScheduler(SchedulerState):
         if self._all_lane:
             return list(self._prefill_candidates())
         models = lane.models
+        if len(models) == 1:  # the model's own waiting queue: no pass over the others'
+            (model,) = models
+            out = list(self.waiting_of[model].values())
+            if self.prefilling:
+                out += [s for s in self.prefilling.values() if s.model == model]
+            return out
         return [s for s in self._prefill_candidates() if s.model in models]
 
     def _schedule_decodes(
@@ -480,7 +488,7 @@ class LocalScheduler(SchedulerState):
         """The decode batch of `model` from its decode columns (at most `limit`, longest-
         waiting first, so none starves), first growing the page tables of those whose KV fills
         its last page. Hot path: column-wise, no pass over the sequences when every decode
-        runs (the decodes at a page boundary come from `cols.edges`)."""
+        runs (the decodes at a page boundary come from `cols.edge`)."""
         seqs = cols.seqs
         now = plan.now
         n = len(seqs)
@@ -494,7 +502,7 @@ class LocalScheduler(SchedulerState):
         if idx is not None:
             edge = [i for i in idx if not pos[i] % t]
         elif cols.edges is not None:
-            edge = cols.edges[-cols.shift % t]
+            edge = cols.edge(-cols.shift % t)
         elif 0 in map(mod, pos, repeat(t)):
             edge = [i for i, p in enumerate(pos) if not p % t]
         else:
@@ -621,9 +629,16 @@ class LocalScheduler(SchedulerState):
             memo.clear()
             if admission.token_budget is not None:
                 budget = min(budget, admission.token_budget)
-            order = self._memory_order(admission.order, budget, ctx.now)
+            order = admission.order
+            if len(lane.models) > 1:  # (one model: a stable sort by model rank keeps it)
+                order = self._memory_order(order, budget, ctx.now)
             complete = True  # every candidate of `order` checked (no budget break)
-            for seq in order:
+            # one model: a refusal skips the waiting candidates refused alike (`_skip_refused`)
+            skip = self.shortcuts and len(lane.models) == 1
+            at, n_order = 0, len(order)
+            while at < n_order:
+                seq = order[at]
+                at += 1
                 if budget <= 0:
                     complete = False
                     break
@@ -637,6 +652,8 @@ class LocalScheduler(SchedulerState):
                 chunk = min(seq.pending, budget)
                 if waiting:
                     if not self._can_start(seq, chunk):
+                        if skip:
+                            at = self._skip_refused(order, at, budget, memo.get(seq.model))
                         continue  # refused: nothing changed
                     refused_all = False
                 started = self._start_chunk(seq, chunk, plan, lane, ctx.now, checked=True)
@@ -660,6 +677,42 @@ class LocalScheduler(SchedulerState):
                 self._refused_state = self._admission_state(lane, admission_budget)
         finally:
             self._admit_memo = None
+
+    def _skip_refused(
+        self, order: list[Sequence], at: int, budget: int, counts: list[int | None] | None
+    ) -> int:
+        """Within a prefill pass of a one-model lane, just after `_can_start` refused a
+        waiting candidate with the model's `counts` [running, available pages] memoised:
+        the index of the first candidate from `at` on that the pass would not refuse alike,
+        so the ones before it may be skipped (each would be refused, changing nothing).
+
+        A waiting sequence holds no page and has nothing computed, so `_can_start` refuses
+        it iff running >= `max_running`, or its chunk min(len(tokens), budget) needs more
+        pages than available - keep, i.e. exceeds cap = (available - keep) * t tokens. The
+        counts and the budget stay the same until a candidate is admitted or one that is
+        not waiting is met. Checked column-wise over the rest of `order`."""
+        if counts is None:
+            return at
+        running, free = counts
+        assert running is not None
+        rest = order[at:]
+        waiting = map(is_, map(_status, rest), repeat(Status.WAITING))
+        cfg = self.config
+        if running >= cfg.max_running:
+            refused = list(waiting)
+        else:
+            if free is None or not rest:
+                return at
+            t = self.pages.tokens_per_page[rest[0].model]
+            keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+            cap = (free - keep) * t
+            if budget <= cap:
+                return at  # every waiting candidate's chunk fits
+            refused = list(map(and_, waiting, map(cap.__lt__, map(len, map(_tokens, rest)))))
+        try:
+            return at + refused.index(False)
+        except ValueError:
+            return len(order)
 
     def _admission_state(self, lane: Lane, budget: int) -> tuple[object, ...]:
         """What a prefill pass of a policy with static admission decides on, when every
@@ -701,8 +754,7 @@ class LocalScheduler(SchedulerState):
             if got is None:
                 return False
             plan.new_pages.setdefault(seq.model, []).extend(got)
-            del self.waiting[seq.request_id]
-            self.waiting_version += 1
+            self._unqueue(seq)
             self.prefilling[seq.request_id] = seq
             seq.status = Status.RUNNING
             return True
@@ -832,8 +884,7 @@ class LocalScheduler(SchedulerState):
         seq.prefill_alone_s = None
         seq.status = Status.WAITING
         seq.num_preemptions += 1
-        self.waiting[seq.request_id] = seq
-        self.waiting_version += 1
+        self._queue(seq)
         self.stats.preemptions += 1
         by_model = self.stats.preemptions_by_model
         by_model[seq.model] = by_model.get(seq.model, 0) + 1

@@ -6,6 +6,8 @@
 Invariants:
 - Every sequence is in exactly one of `waiting` (no pages), `prefilling` or `decoding`
   (holding pages), or it has finished, holds no pages and is forgotten.
+- `waiting_of[m]` is `waiting` filtered to model m, in the same order (every change of
+  `waiting` is made to both: `_queue` and `_unqueue`).
 - While a plan is in flight its sequences' pages are not freed (an abort of one of them takes
   effect in `update`), and none of them is preempted.
 - Several plans may be in flight at once (step lanes), each over a disjoint set of models:
@@ -18,8 +20,8 @@ from collections import deque
 from collections.abc import Mapping
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter, sub
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter, le, mod, sub
 
 from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
@@ -45,16 +47,18 @@ class DecodeCols:
     column-wise; `left` is a lower bound on the tokens any of them may still sample before it
     ends (an end check runs only when it reaches 0); `stamp` is the `Stamp` the sequences'
     `last_token_s` read once `stamped` (a step ran every one of them at `stamp.t`).
-    `edges[r]` (when built for `tokens_per_page` t) lists the indices whose position was
-    `r` mod t at the rebuild; `shift` counts the tokens every decode got since, so the decodes
-    at a page boundary now are `edges[-shift % t]`. A step running only some decodes drops
-    `edges` (None: scan the positions) until the next rebuild.
+    `edge(r)` (when built for `tokens_per_page` t) lists the indices whose position was
+    `r` mod t at the rebuild (`edges[r]`, filled on first use from `mods`); `shift` counts the
+    tokens every decode got since, so the decodes at a page boundary now are
+    `edge(-shift % t)`. A step running only some decodes drops `edges` (None: scan the
+    positions) until the next rebuild.
     """
 
     __slots__ = (
         "dirty",
         "edges",
         "left",
+        "mods",
         "num_prompt",
         "page_tables",
         "plain",
@@ -81,20 +85,22 @@ class DecodeCols:
         self.left = 0
         self.stamp = Stamp()
         self.stamped = False
-        self.edges: list[list[int]] | None = None
+        self.edges: list[list[int] | None] | None = None
+        self.mods: list[int] = []  # each position mod tokens_per_page at the rebuild
         self.shift = 0
 
     def rebuild(self, decoding: dict[str, Sequence], tokens_per_page: int = 0) -> None:
+        """The columns of `decoding` (every sequence tracked, as `Sequence.track_decode`
+        does), each made column-wise: a tracked decode's position is `len(tokens) - 1`."""
         self.seqs = seqs = list(decoding.values())
         self.request_ids = list(decoding)
-        for s in seqs:
-            s.track_decode()
-        self.tokens = [s.tokens for s in seqs]
-        self.positions = [s.num_computed for s in seqs]
-        self.num_prompt = [s.num_prompt for s in seqs]
-        self.page_tables = [s.pages for s in seqs]
-        self.sampling = [s.sampling for s in seqs]
-        self.plain = not any(s.stream or s.stop_token_ids for s in seqs)
+        deque(map(setattr, seqs, repeat("_computed"), repeat(-1)), 0)  # `track_decode`
+        self.tokens = tokens = list(map(_tokens, seqs))
+        self.positions = positions = list(map(sub, map(len, tokens), repeat(1)))
+        self.num_prompt = list(map(_num_prompt, seqs))
+        self.page_tables = list(map(_pages, seqs))
+        self.sampling = list(map(_sampling, seqs))
+        self.plain = not (any(map(_stream, seqs)) or any(map(_stop_ids, seqs)))
         self.left = self.tokens_left()
         self.stamp = Stamp()  # the old one is never changed again: its readers keep its time
         self.stamped = False
@@ -102,9 +108,18 @@ class DecodeCols:
         self.shift = 0
         self.edges = None
         if tokens_per_page:
-            self.edges = edges = [[] for _ in range(tokens_per_page)]
-            for i, p in enumerate(self.positions):
-                edges[p % tokens_per_page].append(i)
+            self.mods = list(map(mod, positions, repeat(tokens_per_page)))
+            self.edges = [None] * tokens_per_page
+
+    def edge(self, r: int) -> list[int]:
+        """`edges[r]` (the columns not dropped): the indices whose position was r mod
+        `tokens_per_page` at the rebuild, ascending; computed on first use."""
+        edges = self.edges
+        assert edges is not None
+        found = edges[r]
+        if found is None:
+            found = edges[r] = list(compress(range(len(self.mods)), map(r.__eq__, self.mods)))
+        return found
 
     def tokens_left(self) -> int:
         """Fewest tokens any sequence may still sample before reaching its end length."""
@@ -113,13 +128,19 @@ class DecodeCols:
 
 def _firsts(lists: dict[str, list[int]], n: int) -> Mapping[str, list[int]]:
     """`lists` with each list cut to its first n tokens (as is when they have n)."""
-    if all(len(v) == n for v in lists.values()):
+    if all(map(n.__eq__, map(len, lists.values()))):
         return lists
     return {k: v[:n] for k, v in lists.items()}
 
 
 _end_len = attrgetter("end_len")
 _tokens = attrgetter("tokens")
+_pages = attrgetter("pages")
+_num_prompt = attrgetter("num_prompt")
+_sampling = attrgetter("sampling")
+_stream = attrgetter("stream")
+_stop_ids = attrgetter("stop_token_ids")
+_last_one = itemgetter(-1)
 
 
 class Lane:
@@ -180,6 +201,8 @@ class SchedulerState:
         self.pages = PageBroker(allocator, self.models, self.config.max_preemptions_per_grant)
         self.seqs: dict[str, Sequence] = {}
         self.waiting: dict[str, Sequence] = {}
+        # `waiting` by model, in `waiting`'s order (see the module docstring)
+        self.waiting_of: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
         # bumped on every change of `waiting` (a request queued, started, preempted, ended)
         self.waiting_version = 0
         # bumped on every change a plan may depend on: a request queued or aborted, a plan
@@ -241,8 +264,7 @@ class SchedulerState:
             served.max_model_len,
         )
         self.seqs[request_id] = seq
-        self.waiting[request_id] = seq
-        self.waiting_version += 1
+        self._queue(seq)
         self.state_version += 1
         self._unfinished[model] += 1
         self.arrivals[model].note(arrival_s, seq.num_prompt)
@@ -335,7 +357,7 @@ class SchedulerState:
         new = list(map(tokens.__getitem__, ids))
         if steps:  # multi-step: idx is None
             deque(map(list.extend, cols.tokens, new), 0)
-            new = [t[-1] for t in new]
+            new = list(map(_last_one, new))
             stamp = cols.stamp
             stamp.t = now
             if not cols.stamped:
@@ -355,17 +377,25 @@ class SchedulerState:
         cols.left -= steps or 1
         if cols.left > 0:
             return
-        for seq, token in zip(seqs, new, strict=True):
-            if len(seq.tokens) >= seq.end_len:
-                self._finish(seq, "length", token=token)
+        # the sequences at their end length, in column order (found column-wise)
+        ended = map(le, map(_end_len, seqs), map(len, map(_tokens, seqs)))
+        for seq, token in compress(zip(seqs, new, strict=True), ended):
+            self._finish(seq, "length", token=token)
         if not cols.dirty:
             cols.left = cols.tokens_left()
 
     def _trim(self, batch: ModelBatch, seqs: list[Sequence], steps: int) -> None:
         """A multi-step plan stopped after `steps` iterations: give back the pages reserved
         for the iterations not run (each decode keeps the pages its KV needs), as if the
-        plan had been made for `steps` iterations."""
+        plan had been made for `steps` iterations.
+
+        A decode at position p keeps ceil((p + steps) / t) pages, so it has a surplus exactly
+        when its pages hold at least t + steps tokens beyond p: checked column-wise first
+        (the common case, e.g. a plan that took no page early, has none)."""
         t = self.pages.tokens_per_page[batch.model]
+        held = map(t.__mul__, map(len, map(_pages, seqs)))
+        if max(map(sub, held, batch.positions), default=0) < t + steps:
+            return
         surplus: list[int] = []
         for seq, p in zip(seqs, batch.positions, strict=True):
             pages, keep = seq.pages, -(-(p + steps) // t)
@@ -465,8 +495,7 @@ class SchedulerState:
         """End `seq`: free all its pages, drop it from every queue, emit its last output."""
         self.pages.release(seq)
         rid = seq.request_id
-        self.waiting.pop(rid, None)
-        self.waiting_version += 1
+        self._unqueue(seq)
         self.prefilling.pop(rid, None)
         if self.decoding[seq.model].pop(rid, None) is not None:
             self._cols[seq.model].dirty = True
@@ -492,6 +521,20 @@ class SchedulerState:
                 num_output_tokens=seq.num_output,
             )
         )
+
+    def _queue(self, seq: Sequence) -> None:
+        """Put `seq` at the end of `waiting` (and of `waiting_of[seq.model]`)."""
+        rid = seq.request_id
+        self.waiting[rid] = seq
+        self.waiting_of[seq.model][rid] = seq
+        self.waiting_version += 1
+
+    def _unqueue(self, seq: Sequence) -> None:
+        """Take `seq` out of `waiting` (and of `waiting_of[seq.model]`) if it is there."""
+        rid = seq.request_id
+        self.waiting.pop(rid, None)
+        self.waiting_of[seq.model].pop(rid, None)
+        self.waiting_version += 1
 
     # -- queries -----------------------------------------------------------------------------
     def in_flight(self, seq: Sequence) -> bool:

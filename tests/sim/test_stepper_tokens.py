@@ -42,12 +42,18 @@ def test_run_samples_the_token_stream(vocab: int, seed: int) -> None:
         assert len(expected) > batch.num_prefills - 1
 
 
-@pytest.mark.parametrize("vocab", [32000, 1000])
-def test_token_lists_continue_the_stream(vocab: int) -> None:
+@pytest.mark.parametrize("vocab", [32000, 1000, 2 * 7919])
+@pytest.mark.parametrize("k", [1, 9, 64])
+def test_token_lists_continue_the_stream(vocab: int, k: int) -> None:
+    """Orbit slices (an invertible stride) and the plain formula (2 * 7919: none)."""
     rng = random.Random(3)
     plan = mixed_plan(rng, 0, 30)
     coster = BatchCoster(LinearCostModel(), vocab_size=vocab)
-    lists = coster.token_lists(plan, 9)
-    (batch,) = plan.batches
-    for rid, p in zip(batch.request_ids, batch.positions, strict=True):
-        assert lists[rid] == [token_stream(rid, p + 1 + j, vocab) for j in range(9)]
+    assert (coster.orbit(k) is None) == (vocab % 7919 == 0)
+    for _ in range(2):  # bases unknown, then cached
+        lists = coster.token_lists(plan, k)
+        assert lists == coster.token_lists_plain(plan, k)
+        (batch,) = plan.batches
+        assert set(lists) == set(batch.request_ids)
+        for rid, p in zip(batch.request_ids, batch.positions, strict=True):
+            assert lists[rid] == [token_stream(rid, p + 1 + j, vocab) for j in range(k)]

@@ -23,6 +23,7 @@ from fineserve.engine.step import StepPlan, StepResult
 
 _STEP = 7919  # `token_stream`'s stride per position
 _TWO_STEPS = 2 * _STEP
+_TWO = 2
 
 
 class BatchCoster:
@@ -32,6 +33,12 @@ class BatchCoster:
         self.cost_model = cost_model
         self.vocab_size = vocab_size
         self._crc: dict[str, int] = {}
+        self._crc_inv: dict[str, int] = {}  # see `crc_inv`
+        self._orbit: list[int] = []  # see `orbit`
+        try:
+            self._inverse: int | None = pow(_STEP, -1, vocab_size)
+        except ValueError:  # 7919 and the vocabulary size share a factor
+            self._inverse = None
         self._decoders: dict[InstanceKey, DecodeTimes] = {}
 
     def decode_times(self, key: InstanceKey) -> DecodeTimes:
@@ -152,19 +159,60 @@ class BatchCoster:
 
     def token_lists(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
         """The tokens each decode of a decode-only `plan` samples in k iterations: at
-        position p + 1 + j in iteration j (`token`)."""
+        position p + 1 + j in iteration j (`token`).
+
+        With a stride invertible mod the vocabulary (`orbit`), token(rid, p + 1 + j) =
+        (crc + 7919 * (p + 2 + j)) % vocab = orbit[m + j] for m = (crc * 7919^-1 + p + 2)
+        % vocab, so each list is a slice of the orbit (no arithmetic per token)."""
+        orbit = self.orbit(k)
+        if orbit is None:
+            return self.token_lists_plain(plan, k)
+        lists: dict[str, list[int]] = {}
+        vocab, bases = self.vocab_size, self._crc_inv
+        for batch in plan.batches:
+            ids = batch.request_ids
+            known = list(map(bases.get, ids))
+            if None in known:
+                known = list(map(self.crc_inv, ids))
+            starts = list(map(vocab.__rmod__, map(add, known, map(_TWO.__add__, batch.positions))))
+            ends = map(k.__add__, starts)
+            lists.update(zip(ids, map(orbit.__getitem__, map(slice, starts, ends)), strict=True))
+        return lists
+
+    def token_lists_plain(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
+        """`token_lists` by the formula, token by token."""
         lists: dict[str, list[int]] = {}
         vocab, crcs = self.vocab_size, self._crc
-        step = 7919 * k
+        step = _STEP * k
         for batch in plan.batches:
             for rid, p in zip(batch.request_ids, batch.positions, strict=True):
                 crc = crcs.get(rid)
                 if crc is None:
                     crc = self.crc(rid)
                 # (crc + 7919 * (p + 2 + j)) % vocab for j < k
-                first = crc + 7919 * (p + 2)
-                lists[rid] = list(map(vocab.__rmod__, range(first, first + step, 7919)))
+                first = crc + _STEP * (p + 2)
+                lists[rid] = list(map(vocab.__rmod__, range(first, first + step, _STEP)))
         return lists
+
+    def orbit(self, k: int) -> list[int] | None:
+        """[(7919 * m) % vocab for m < vocab + k] (grown on demand), or None when 7919 has
+        no inverse mod the vocabulary size."""
+        if self._inverse is None:
+            return None
+        orbit = self._orbit
+        if len(orbit) < self.vocab_size + k:
+            orbit += [(_STEP * m) % self.vocab_size for m in range(len(orbit), self.vocab_size + k)]
+        return orbit
+
+    def crc_inv(self, request_id: str) -> int:
+        """crc(request_id) * 7919^-1 mod the vocabulary size (cached; see `token_lists`)."""
+        base = self._crc_inv.get(request_id)
+        if base is None:
+            assert self._inverse is not None
+            base = self._crc_inv[request_id] = (
+                self.crc(request_id) * self._inverse % self.vocab_size
+            )
+        return base
 
     def segment_marks(
         self, key: InstanceKey, positions: list[int], k: int, limit_s: float = math.inf

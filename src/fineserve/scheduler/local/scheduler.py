@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import and_, attrgetter, is_, itemgetter, mod, sub
+from itertools import chain, compress, count, islice, repeat
+from operator import and_, attrgetter, is_, itemgetter, mod, not_, sub
 from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, StepPlan
@@ -695,24 +695,23 @@ class LocalScheduler(SchedulerState):
             return at
         running, free = counts
         assert running is not None
-        rest = order[at:]
-        waiting = map(is_, map(_status, rest), repeat(Status.WAITING))
+        n = len(order)
+        waiting = map(is_, map(_status, islice(order, at, n)), repeat(Status.WAITING))
         cfg = self.config
         if running >= cfg.max_running:
-            refused = list(waiting)
+            refused: Iterator[bool] = waiting
         else:
-            if free is None or not rest:
+            if free is None or at >= n:
                 return at
-            t = self.pages.tokens_per_page[rest[0].model]
+            t = self.pages.tokens_per_page[order[at].model]
             keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
             cap = (free - keep) * t
             if budget <= cap:
                 return at  # every waiting candidate's chunk fits
-            refused = list(map(and_, waiting, map(cap.__lt__, map(len, map(_tokens, rest)))))
-        try:
-            return at + refused.index(False)
-        except ValueError:
-            return len(order)
+            longer = map(cap.__lt__, map(len, map(_tokens, islice(order, at, n))))
+            refused = map(and_, waiting, longer)
+        # the first index not refused (lazily: stops there)
+        return next(compress(count(at), map(not_, refused)), n)
 
     def _admission_state(self, lane: Lane, budget: int) -> tuple[object, ...]:
         """What a prefill pass of a policy with static admission decides on, when every

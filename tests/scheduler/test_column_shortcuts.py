@@ -11,9 +11,9 @@ import pytest
 
 from fineserve.engine.engine import Engine
 from fineserve.scheduler.local.config import SchedulerConfig
-from fineserve.scheduler.local.scheduler import LocalScheduler
+from fineserve.scheduler.local.scheduler import LocalScheduler, _indices, _next_stop
 from fineserve.scheduler.local.sequence import Sequence, Status
-from fineserve.scheduler.local.state import DecodeCols
+from fineserve.scheduler.local.state import DecodeCols, Lane
 
 
 def busy_engine(h: ModuleType, seed: int, pages: int = 120) -> Engine:
@@ -81,12 +81,14 @@ def test_skip_refused_skips_exactly_the_refused(h: ModuleType, seed: int) -> Non
     random.Random(seed).shuffle(order)
     assert any(s.status is Status.WAITING for s in order)
     running = sched.num_running("a")
+    stops = [i for i, s in enumerate(order) if s.status is not Status.WAITING]
+    assert stops, "the test needs running candidates among the waiting"
     skipped_some = False
     for free in (0, 3, 8, 20, 2000):
         counts: list[int | None] = [running, free]
         for budget in (1, 16, 64, 400):
             for at in range(len(order) + 1):
-                got = sched._skip_refused(order, at, budget, counts)
+                got = sched._skip_refused(order, at, budget, counts, stops)
                 sched._admit_memo = {"a": counts}  # `_can_start` reads these counts
                 expected = at
                 while expected < len(order):
@@ -100,9 +102,9 @@ def test_skip_refused_skips_exactly_the_refused(h: ModuleType, seed: int) -> Non
                 skipped_some |= got > at
     assert skipped_some, "the test needs refusals"
     counts = [sched.config.max_running, 2000]  # at max_running
-    stops = [sched._skip_refused(order, at, 64, counts) for at in range(len(order))]
+    ends = [sched._skip_refused(order, at, 64, counts, stops) for at in range(len(order))]
     waiting = [s.status is Status.WAITING for s in order]
-    for at, stop in enumerate(stops):  # every waiting one refused: the next one running
+    for at, stop in enumerate(ends):  # every waiting one refused: the next one running
         assert stop == next((i for i in range(at, len(order)) if not waiting[i]), len(order))
 
 
@@ -163,3 +165,33 @@ def test_trim_returns_early_only_without_surplus(h: ModuleType) -> None:
         min(n, -(-(p + 1) // t)) for n, p in zip(before, batch.positions, strict=True)
     ]
     assert [len(s.pages) for s in seqs] != before
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_has_candidates_is_truth_of_lane_candidates(h: ModuleType, seed: int) -> None:
+    engine = h.make_engine([h.spec("a"), h.spec("b"), h.spec("c")], pages=100)
+    rng = random.Random(seed)
+    sched = engine.scheduler
+    assert isinstance(sched, LocalScheduler)
+    lanes = [frozenset(m) for m in ("a", "b", "c", "ab", "bc", "abc")]
+    seen = set()
+    for i in range(40):
+        model = rng.choice("ab")
+        engine.add_request(f"r{i}", model, [1] * rng.randint(5, 150), max_tokens=5, stream=False)
+        if rng.random() < 0.5:
+            engine.step()
+        for models in lanes:
+            lane = Lane(0, models)
+            sched._all_lane = len(models) == len(sched.models)
+            expected = bool(sched._lane_candidates(lane))
+            assert sched._has_candidates(lane) == expected
+            seen.add(expected)
+    assert seen == {True, False}
+
+
+def test_indices_and_next_stop() -> None:
+    seqs = [Sequence(f"r{i}", "a", [1, 2], 4, 0.0) for i in range(6)]
+    order = [seqs[i] for i in (3, 0, 5, 1)]
+    assert _indices(order, [seqs[1], seqs[2], seqs[3]]) == [0, 3]  # seqs[2] is not in it
+    assert [_next_stop([0, 3], at, 4) for at in range(5)] == [0, 3, 3, 3, 4]
+    assert _next_stop([], 0, 4) == 4

@@ -12,6 +12,7 @@ table. Queues, submission, abort and `update` live in `state.py`.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
@@ -312,7 +313,7 @@ class LocalScheduler(SchedulerState):
         p fills token p + j, so k <= pages * tokens_per_page - p)."""
         if plan.preempted or self._outputs:
             return 1  # outputs waiting (rejections) come out with the next step's end
-        if self._lane_candidates(lane) and not self._blocked(lane):
+        if self._has_candidates(lane) and not self._blocked(lane):
             return 1
         k = max_steps
         for batch in plan.batches:
@@ -439,6 +440,20 @@ class LocalScheduler(SchedulerState):
         """Waiting, then prefilling sequences, in queue order (one chain: no generator frame
         per sequence on the hot path)."""
         return chain(self.waiting.values(), self.prefilling.values())
+
+    def _has_candidates(self, lane: Lane) -> bool:
+        """`bool(self._lane_candidates(lane))`, without building the list."""
+        if not self.waiting and not self.prefilling:
+            return False
+        if self._all_lane:
+            return True
+        models = lane.models
+        if len(models) == 1:
+            (model,) = models
+            if self.waiting_of[model]:
+                return True
+            return any(s.model == model for s in self.prefilling.values())
+        return any(s.model in models for s in self._prefill_candidates())
 
     def _lane_candidates(self, lane: Lane) -> list[Sequence]:
         """Waiting and prefilling sequences of the lane's models, in queue order."""
@@ -635,6 +650,10 @@ class LocalScheduler(SchedulerState):
             complete = True  # every candidate of `order` checked (no budget break)
             # one model: a refusal skips the waiting candidates refused alike (`_skip_refused`)
             skip = self.shortcuts and len(lane.models) == 1
+            # the candidates not waiting now (the only ones that may be other than waiting
+            # when the pass reaches them), and their indices in `order` once needed
+            unwaiting = [s for s in self.prefilling.values() if s.model in lane.models]
+            stops: list[int] | None = None
             at, n_order = 0, len(order)
             while at < n_order:
                 seq = order[at]
@@ -653,7 +672,10 @@ class LocalScheduler(SchedulerState):
                 if waiting:
                     if not self._can_start(seq, chunk):
                         if skip:
-                            at = self._skip_refused(order, at, budget, memo.get(seq.model))
+                            if stops is None:
+                                stops = _indices(order, unwaiting)
+                            counts = memo.get(seq.model)
+                            at = self._skip_refused(order, at, budget, counts, stops)
                         continue  # refused: nothing changed
                     refused_all = False
                 started = self._start_chunk(seq, chunk, plan, lane, ctx.now, checked=True)
@@ -679,39 +701,48 @@ class LocalScheduler(SchedulerState):
             self._admit_memo = None
 
     def _skip_refused(
-        self, order: list[Sequence], at: int, budget: int, counts: list[int | None] | None
+        self,
+        order: list[Sequence],
+        at: int,
+        budget: int,
+        counts: list[int | None] | None,
+        stops: list[int],
     ) -> int:
         """Within a prefill pass of a one-model lane, just after `_can_start` refused a
         waiting candidate with the model's `counts` [running, available pages] memoised:
         the index of the first candidate from `at` on that the pass would not refuse alike,
         so the ones before it may be skipped (each would be refused, changing nothing).
+        `stops`: the ascending indices in `order` of the candidates that were not waiting
+        when the pass began (every other one from `at` on is still waiting).
 
         A waiting sequence holds no page and has nothing computed, so `_can_start` refuses
         it iff running >= `max_running`, or its chunk min(len(tokens), budget) needs more
         pages than available - keep, i.e. exceeds cap = (available - keep) * t tokens. The
         counts and the budget stay the same until a candidate is admitted or one that is
-        not waiting is met. Checked column-wise over the rest of `order`."""
+        not waiting is met. When every waiting one is refused (running >= `max_running`, or
+        cap < 1 while a chunk has a token at least) the answer is the next of `stops`; else
+        the rest of `order` is checked column-wise, lazily."""
         if counts is None:
             return at
         running, free = counts
         assert running is not None
         n = len(order)
-        waiting = map(is_, map(_status, islice(order, at, n)), repeat(Status.WAITING))
         cfg = self.config
         if running >= cfg.max_running:
-            refused: Iterator[bool] = waiting
-        else:
-            if free is None or at >= n:
-                return at
-            t = self.pages.tokens_per_page[order[at].model]
-            keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
-            cap = (free - keep) * t
-            if budget <= cap:
-                return at  # every waiting candidate's chunk fits
-            longer = map(cap.__lt__, map(len, map(_tokens, islice(order, at, n))))
-            refused = map(and_, waiting, longer)
+            return _next_stop(stops, at, n)
+        if free is None or at >= n:
+            return at
+        t = self.pages.tokens_per_page[order[at].model]
+        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+        cap = (free - keep) * t
+        if cap < 1:
+            return _next_stop(stops, at, n)
+        if budget <= cap:
+            return at  # every waiting candidate's chunk fits
+        waiting = map(is_, map(_status, islice(order, at, n)), repeat(Status.WAITING))
+        longer = map(cap.__lt__, map(len, map(_tokens, islice(order, at, n))))
         # the first index not refused (lazily: stops there)
-        return next(compress(count(at), map(not_, refused)), n)
+        return next(compress(count(at), map(not_, map(and_, waiting, longer))), n)
 
     def _admission_state(self, lane: Lane, budget: int) -> tuple[object, ...]:
         """What a prefill pass of a policy with static admission decides on, when every
@@ -888,6 +919,22 @@ class LocalScheduler(SchedulerState):
         by_model = self.stats.preemptions_by_model
         by_model[seq.model] = by_model.get(seq.model, 0) + 1
         plan.preempted.append(seq.request_id)
+
+
+def _indices(order: list[Sequence], members: list[Sequence]) -> list[int]:
+    """The ascending indices in `order` of those of `members` it holds (by identity)."""
+    found = []
+    for seq in members:
+        for i in compress(count(), map(is_, order, repeat(seq))):
+            found.append(i)
+            break
+    return sorted(found)
+
+
+def _next_stop(stops: list[int], at: int, n: int) -> int:
+    """The first of the ascending `stops` at or after `at`, else n."""
+    i = bisect_left(stops, at)
+    return stops[i] if i < len(stops) else n
 
 
 def _chunk(seq: Sequence, n: int) -> list[int]:

@@ -38,8 +38,11 @@ def test_run_samples_the_token_stream(vocab: int, seed: int) -> None:
             if batch.samples[i]:
                 fed = len(batch.token_ids[i]) if i < batch.num_prefills else 1
                 expected[rid] = token_stream(rid, batch.positions[i] + fed, vocab)
-        assert result.tokens == expected
-        assert len(expected) > batch.num_prefills - 1
+        assert result.all_tokens(plan) == expected
+        # the decodes' tokens come as the batch's column, in batch order
+        decodes = batch.request_ids[batch.num_prefills :]
+        assert result.columns == {"a": [expected[rid] for rid in decodes]}
+        assert set(result.tokens) == set(expected) - set(decodes)
 
 
 @pytest.mark.parametrize("vocab", [32000, 1000, 2 * 7919])
@@ -54,6 +57,7 @@ def test_token_lists_continue_the_stream(vocab: int, k: int) -> None:
         lists = coster.token_lists(plan, k)
         assert lists == coster.token_lists_plain(plan, k)
         (batch,) = plan.batches
+        assert coster.token_columns(plan, k) == {"a": [lists[r] for r in batch.request_ids]}
         assert set(lists) == set(batch.request_ids)
         for rid, p in zip(batch.request_ids, batch.positions, strict=True):
             assert lists[rid] == [token_stream(rid, p + 1 + j, vocab) for j in range(k)]

@@ -91,6 +91,11 @@ class StepResult:
     token in `tokens` is the last one they produce. For a multi-step plan `num_steps` is the
     iterations run (at most the plan's), `token_lists[rid]` the token sampled in each (at
     least `num_steps` of them; the first `num_steps` count), and `tokens[rid]` is unused.
+
+    `columns` (optional, the simulator's executor): per model, the tokens of the decodes of
+    its batch in batch order (after its prefills), instead of in `tokens` (one each) or, for
+    a multi-step plan, in `token_lists` (a list each). `all_tokens` / `all_token_lists` give
+    them by request id.
     """
 
     step_id: int
@@ -99,6 +104,25 @@ class StepResult:
     stopped: frozenset[str] = frozenset()
     num_steps: int = 1
     token_lists: dict[str, list[int]] = field(default_factory=dict)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def all_tokens(self, plan: StepPlan) -> dict[str, int]:
+        """`tokens` with the `columns` of `plan`'s batches by request id."""
+        out = dict(self.tokens)
+        for batch in plan.batches:
+            col = self.columns.get(batch.model)
+            if col is not None:
+                out.update(zip(batch.request_ids[batch.num_prefills :], col, strict=True))
+        return out
+
+    def all_token_lists(self, plan: StepPlan) -> dict[str, list[int]]:
+        """`token_lists` with the `columns` of `plan`'s batches by request id."""
+        out = dict(self.token_lists)
+        for batch in plan.batches:
+            col = self.columns.get(batch.model)
+            if col is not None:
+                out.update(zip(batch.request_ids[batch.num_prefills :], col, strict=True))
+        return out
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import ClassVar
 
 from fineserve.costmodel.base import CostModel, InterferenceModel
@@ -537,12 +538,12 @@ class ClusterSim:
             steps = lane.done if folded else lane.done + result.num_steps
             engine = lane.eng.engine
             plan = engine.plan_in_flight(result.step_id)
-            lists = self.coster.token_lists(plan, steps)
+            columns = self.coster.token_columns(plan, steps)
             if plan.num_steps > 1:
-                result = StepResult(result.step_id, {}, 0.0, num_steps=steps, token_lists=lists)
+                result = StepResult(result.step_id, {}, 0.0, num_steps=steps, columns=columns)
             else:  # a one-step plan, not extended after all: its one token each
-                tokens = {rid: sampled[0] for rid, sampled in lists.items()}
-                result = StepResult(result.step_id, tokens, 0.0)
+                firsts = {m: list(map(_first, col)) for m, col in columns.items()}
+                result = StepResult(result.step_id, {}, 0.0, columns=firsts)
             lane.done = 0
         self._collect(lane.eng, lane.eng.engine.finish_step(result, now), now)
 
@@ -630,6 +631,9 @@ class ClusterSim:
                 if owner is not None:
                     owner.outstanding -= 1
                     owner.outstanding_by[self.book.records[out.request_id].model] -= 1
+
+
+_first = itemgetter(0)
 
 
 def least_loaded(routes: Sequence[SimEngine], model: str) -> SimEngine:

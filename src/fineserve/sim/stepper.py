@@ -19,7 +19,7 @@ from operator import add
 
 from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
 from fineserve.costmodel.registry import FallbackCostModel
-from fineserve.engine.step import StepPlan, StepResult
+from fineserve.engine.step import ModelBatch, StepPlan, StepResult
 
 _STEP = 7919  # `token_stream`'s stride per position
 _TWO_STEPS = 2 * _STEP
@@ -70,8 +70,11 @@ class BatchCoster:
         return (self.crc(request_id) + 7919 * (position + 1)) % self.vocab_size
 
     def run(self, plan: StepPlan) -> tuple[StepResult, list[tuple[float, float]]]:
-        """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)])."""
+        """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)]).
+        The decodes' tokens are the result's `columns` (one list per model batch, in batch
+        order), the prefills' in its `tokens`."""
         tokens: dict[str, int] = {}
+        columns: dict[str, list[int]] = {}
         works: list[tuple[float, float]] = []
         token = self.token
         cost = self.cost_model
@@ -105,10 +108,13 @@ class BatchCoster:
                 known = list(map(self.crc, dec_ids))
             # column-wise: (crc + (7919 * p + 2 * 7919)) % vocab, the same integers
             offsets = map(_TWO_STEPS.__add__, map(_STEP.__mul__, dec_pos))
-            sampled = map(vocab.__rmod__, map(add, known, offsets))
-            tokens.update(zip(dec_ids, sampled, strict=True))
+            sampled = list(map(vocab.__rmod__, map(add, known, offsets)))
+            if batch.model in columns:  # (one batch per model: not expected)
+                tokens.update(zip(dec_ids, sampled, strict=True))
+            elif sampled:
+                columns[batch.model] = sampled
         longest = max((w for w, _ in works), default=0.0)
-        return StepResult(plan.step_id, tokens, longest), works
+        return StepResult(plan.step_id, tokens, longest, columns=columns), works
 
     def run_steps(
         self, plan: StepPlan, limit_s: float = math.inf
@@ -134,9 +140,10 @@ class BatchCoster:
         batches = [(b.key, b.positions) for b in plan.batches]
         per_batch, longests, k = self.iteration_times(batches, plan.num_steps, limit_s)
         iterations = [[(times[j], 0.0) for times in per_batch] for j in range(k)]
-        lists = self.token_lists(plan, k)
+        columns = self.token_columns(plan, k)
         longest = sum(longests[:k])
-        return StepResult(plan.step_id, {}, longest, num_steps=k, token_lists=lists), iterations
+        result = StepResult(plan.step_id, {}, longest, num_steps=k, columns=columns)
+        return result, iterations
 
     def iteration_times(
         self, batches: list[tuple[InstanceKey, list[int]]], k: int, limit_s: float = math.inf
@@ -157,6 +164,15 @@ class BatchCoster:
             start += w
         return per_batch, longests, n
 
+    def token_columns(self, plan: StepPlan, k: int) -> dict[str, list[list[int]]]:
+        """`token_lists` as `StepResult.columns`: per model, its batch's lists in batch order
+        (a decode-only plan: one batch per model)."""
+        orbit = self.orbit(k)
+        if orbit is None:
+            lists = self.token_lists_plain(plan, k)
+            return {b.model: list(map(lists.__getitem__, b.request_ids)) for b in plan.batches}
+        return {b.model: self._orbit_lists(b, k, orbit) for b in plan.batches}
+
     def token_lists(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
         """The tokens each decode of a decode-only `plan` samples in k iterations: at
         position p + 1 + j in iteration j (`token`).
@@ -168,16 +184,20 @@ class BatchCoster:
         if orbit is None:
             return self.token_lists_plain(plan, k)
         lists: dict[str, list[int]] = {}
-        vocab, bases = self.vocab_size, self._crc_inv
         for batch in plan.batches:
-            ids = batch.request_ids
-            known = list(map(bases.get, ids))
-            if None in known:
-                known = list(map(self.crc_inv, ids))
-            starts = list(map(vocab.__rmod__, map(add, known, map(_TWO.__add__, batch.positions))))
-            ends = map(k.__add__, starts)
-            lists.update(zip(ids, map(orbit.__getitem__, map(slice, starts, ends)), strict=True))
+            lists.update(zip(batch.request_ids, self._orbit_lists(batch, k, orbit), strict=True))
         return lists
+
+    def _orbit_lists(self, batch: ModelBatch, k: int, orbit: list[int]) -> list[list[int]]:
+        """The k-token lists of `batch`'s decodes, in batch order (see `token_lists`)."""
+        ids = batch.request_ids
+        known = list(map(self._crc_inv.get, ids))
+        if None in known:
+            known = list(map(self.crc_inv, ids))
+        vocab = self.vocab_size
+        starts = list(map(vocab.__rmod__, map(add, known, map(_TWO.__add__, batch.positions))))
+        ends = map(k.__add__, starts)
+        return list(map(orbit.__getitem__, map(slice, starts, ends)))
 
     def token_lists_plain(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
         """`token_lists` by the formula, token by token."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
 from itertools import chain, compress, count, islice, repeat
-from operator import and_, attrgetter, is_, itemgetter, mod, not_, sub
+from operator import and_, attrgetter, floordiv, is_, itemgetter, mod, neg, not_, sub
 from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, StepPlan
@@ -381,10 +381,10 @@ class LocalScheduler(SchedulerState):
         needs: dict[str, list[int]] = {}
         for batch in plan.batches:
             t = self.pages.tokens_per_page[batch.model]
-            tables = batch.page_tables
-            needs[batch.model] = [
-                max(0, -(-(p + k) // t) - len(tables[i])) for i, p in enumerate(batch.positions)
-            ]
+            # max(0, ceil((p + k) / t) - len(table)), column-wise: ceil(x / t) = -((-x) // t)
+            pages = map(neg, map(floordiv, map((-k).__sub__, batch.positions), repeat(t)))
+            extra = map(sub, pages, map(len, batch.page_tables))
+            needs[batch.model] = list(map(max, repeat(0), extra))
         if not any(map(any, needs.values())):
             return True  # the decodes hold every page already: nothing is taken early
         frac = self.config.horizon_free_fraction

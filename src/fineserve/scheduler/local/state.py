@@ -126,11 +126,21 @@ class DecodeCols:
         return min(map(sub, map(_end_len, self.seqs), map(len, self.tokens)), default=0)
 
 
-def _firsts(lists: dict[str, list[int]], n: int) -> Mapping[str, list[int]]:
+def _firsts(lists: list[list[int]], n: int) -> list[list[int]]:
     """`lists` with each list cut to its first n tokens (as is when they have n)."""
-    if all(map(n.__eq__, map(len, lists.values()))):
+    if all(map(n.__eq__, map(len, lists))):
         return lists
-    return {k: v[:n] for k, v in lists.items()}
+    return [v[:n] for v in lists]
+
+
+def _spread(result: StepResult, model: str, ids: list[str], multi: bool) -> None:
+    """Move `result.columns[model]` (the tokens of `ids`, in order) into `result.tokens`, or
+    for a multi-step result into `result.token_lists` (for the per-sequence paths)."""
+    col = result.columns.pop(model)
+    if multi:
+        result.token_lists.update(zip(ids, col, strict=True))
+    else:
+        result.tokens.update(zip(ids, col, strict=True))
 
 
 _end_len = attrgetter("end_len")
@@ -315,18 +325,26 @@ class SchedulerState:
                 continue
             ids = batch.request_ids[n:] if n else batch.request_ids  # the decodes, as `seqs`
             cols, idx = all_cols[model], lane.decode_idx[model]
+            col = result.columns.get(model) if result.columns else None
             if special and not special.isdisjoint(ids):
                 cols.stamped = False
+                if col is not None:
+                    _spread(result, model, ids, plan.num_steps > 1)
                 self._apply_decodes(batch, seqs, special, result, now, plan.num_steps > 1)
             elif plan.num_steps > 1:  # only plain columns, every decode in column order
-                lists = _firsts(result.token_lists, steps)
-                self._feed_plain(cols, idx, seqs, ids, lists, now, steps)
+                if col is None:
+                    col = list(map(result.token_lists.__getitem__, ids))
+                self._feed_plain(cols, idx, seqs, _firsts(col, steps), now, steps)
                 if steps < plan.num_steps:
                     self._trim(batch, seqs, steps)
             elif cols.plain:
-                self._feed_plain(cols, idx, seqs, ids, result.tokens, now)
+                if col is None:
+                    col = list(map(result.tokens.__getitem__, ids))
+                self._feed_plain(cols, idx, seqs, col, now)
             else:
                 cols.stamped = False
+                if col is not None:
+                    _spread(result, model, ids, False)
                 self._feed(model, seqs, ids, result.tokens, now)
             if not cols.dirty:  # else the next plan rebuilds the columns anyway
                 if idx is None:  # a new list: the plan keeps the old one
@@ -345,16 +363,15 @@ class SchedulerState:
         cols: DecodeCols,
         idx: list[int] | None,
         seqs: list[Sequence],
-        ids: list[str],
-        tokens: Mapping[str, int] | Mapping[str, list[int]],
+        new: list[int] | list[list[int]],
         now: float,
         steps: int = 0,
     ) -> None:
         """Hot path of `update`: the sampled token (or, for a multi-step plan, the list of
         them) of each of `seqs` (tracked decodes of a plain column, run in column order when
-        `idx` is None), fed column-wise; only when `cols.left` runs out are the sequences
-        checked for their end. `steps`: 0 for one token each, else the lists' length."""
-        new = list(map(tokens.__getitem__, ids))
+        `idx` is None), in `new` in the order of `seqs`, fed column-wise; only when
+        `cols.left` runs out are the sequences checked for their end. `steps`: 0 for one
+        token each, else the lists' length."""
         if steps:  # multi-step: idx is None
             deque(map(list.extend, cols.tokens, new), 0)
             new = list(map(_last_one, new))

@@ -195,3 +195,43 @@ def test_indices_and_next_stop() -> None:
     assert _indices(order, [seqs[1], seqs[2], seqs[3]]) == [0, 3]  # seqs[2] is not in it
     assert [_next_stop([0, 3], at, 4) for at in range(5)] == [0, 3, 3, 3, 4]
     assert _next_stop([], 0, 4) == 4
+
+
+def fcfs_run(h: ModuleType, seed: int, shortcuts: bool) -> tuple[list[object], int, int]:
+    """A one-model FCFS engine short of memory with a queue: (outputs, preemptions, passes
+    skipped by `_refuses_again`)."""
+    rng = random.Random(seed)
+    config = SchedulerConfig(token_budget=64, admit_headroom_pages=2, growth_pages_per_running=1)
+    engine = h.make_engine([h.spec("a")], pages=50, config=config)
+    sched = engine.scheduler
+    assert isinstance(sched, LocalScheduler)
+    sched.shortcuts = shortcuts
+    skipped = 0
+    again = sched._refuses_again
+
+    def counting(lane: Lane, budget: int) -> bool:
+        nonlocal skipped
+        hit = again(lane, budget)
+        skipped += hit
+        return hit
+
+    sched._refuses_again = counting  # type: ignore[method-assign]
+    outputs: list[object] = []
+    for i in range(40):
+        prompt = [1] * rng.randint(5, 120)
+        engine.add_request(f"r{i}", "a", prompt, max_tokens=rng.randint(5, 60), stream=False)
+        for _ in range(rng.randint(0, 3)):
+            outputs += engine.step()
+    while engine.has_work():
+        outputs += engine.step()
+    return outputs, sched.stats.preemptions, skipped
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_refuses_again_skips_only_passes_that_refuse_all(h: ModuleType, seed: int) -> None:
+    """Every output (order, tokens, ends) and preemption is that of the plain path, and the
+    shortcut did skip passes."""
+    fast = fcfs_run(h, seed, shortcuts=True)
+    plain = fcfs_run(h, seed, shortcuts=False)
+    assert fast[:2] == plain[:2]
+    assert plain[2] == 0 and fast[2] > 0

@@ -87,6 +87,10 @@ class LocalScheduler(SchedulerState):
         # `_admission_state` when the last prefill pass checked every candidate (all waiting)
         # and `_can_start` refused each one, with a policy of static admission; else None
         self._refused_state: tuple[object, ...] | None = None
+        # (lane models, that model's `waiting_version_of`, the admission's token budget)
+        # when the last prefill pass of a one-model lane checked every candidate and refused
+        # each one, with a policy of static admission; else None (see `_refuses_again`)
+        self._refused_any: tuple[frozenset[str], int, int | None] | None = None
         # per lane (its `models` argument), the `state_version` of its last plan when that
         # plan was empty and changed nothing under a static policy (see `parked`)
         self._parked: dict[frozenset[str] | None, int] = {}
@@ -618,8 +622,7 @@ class LocalScheduler(SchedulerState):
     ) -> None:
         """Prefill chunks in the policy's order until the token budget is spent."""
         scheduled = lane.scheduled
-        candidates = self._lane_candidates(lane)
-        if not candidates:
+        if not self._has_candidates(lane):
             self._refused_state = None
             return
         refused_state = self._refused_state
@@ -630,6 +633,12 @@ class LocalScheduler(SchedulerState):
                 self._refused_state = state
                 self._refused_all = True
                 return
+        if self.shortcuts and self._refuses_again(lane, budget):  # as the pass would end
+            self._refused_all = True
+            self._refused_state = self._admission_state(lane, budget)
+            return
+        self._refused_any = None
+        candidates = self._lane_candidates(lane)
         memo: dict[str, list[int | None]] = {}
         if self.shortcuts:
             self._admit_memo = memo  # admission checks share counts while nothing changes
@@ -697,8 +706,38 @@ class LocalScheduler(SchedulerState):
                 and len(order) == len(candidates)
             ):
                 self._refused_state = self._admission_state(lane, admission_budget)
+                if len(lane.models) == 1:
+                    (model,) = lane.models
+                    version = self.waiting_version_of[model]
+                    self._refused_any = (lane.models, version, admission.token_budget)
         finally:
             self._admit_memo = None
+
+    def _refuses_again(self, lane: Lane, budget: int) -> bool:
+        """Whether a prefill pass of the one-model `lane` now would refuse every candidate
+        at `_can_start` and check them all, as the last such pass (`_refused_any`, recorded
+        with a policy of static admission, every candidate waiting, none rejected, every
+        one in its order) did. The model's waiting queue is the same (`waiting_version_of`,
+        so the same candidates, none prefilling, and the same admission), the budget still
+        lets the pass check every candidate, and every waiting sequence is refused whatever
+        its length: its model is at `max_running`, or its available pages leave none above
+        the headroom (`_skip_refused`'s cap < 1). That pass would change nothing but set
+        `_refused_all` and `_refused_state`."""
+        memo = self._refused_any
+        if memo is None or memo[0] != lane.models:
+            return False
+        models, version, token_budget = memo
+        (model,) = models
+        if version != self.waiting_version_of[model]:
+            return False
+        if budget <= 0 or (token_budget is not None and token_budget <= 0):
+            return False
+        cfg = self.config
+        running = self.num_running(model)
+        if running >= cfg.max_running:
+            return True
+        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+        return (self.pages.available(model) - keep) * self.pages.tokens_per_page[model] < 1
 
     def _skip_refused(
         self,

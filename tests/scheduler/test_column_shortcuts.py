@@ -199,7 +199,7 @@ def test_indices_and_next_stop() -> None:
 
 def fcfs_run(h: ModuleType, seed: int, shortcuts: bool) -> tuple[list[object], int, int]:
     """A one-model FCFS engine short of memory with a queue: (outputs, preemptions, passes
-    skipped by `_refuses_again`)."""
+    skipped by `_refuses_all`)."""
     rng = random.Random(seed)
     config = SchedulerConfig(token_budget=64, admit_headroom_pages=2, growth_pages_per_running=1)
     engine = h.make_engine([h.spec("a")], pages=50, config=config)
@@ -207,7 +207,7 @@ def fcfs_run(h: ModuleType, seed: int, shortcuts: bool) -> tuple[list[object], i
     assert isinstance(sched, LocalScheduler)
     sched.shortcuts = shortcuts
     skipped = 0
-    again = sched._refuses_again
+    again = sched._refuses_all
 
     def counting(lane: Lane, budget: int) -> bool:
         nonlocal skipped
@@ -215,7 +215,7 @@ def fcfs_run(h: ModuleType, seed: int, shortcuts: bool) -> tuple[list[object], i
         skipped += hit
         return hit
 
-    sched._refuses_again = counting  # type: ignore[method-assign]
+    sched._refuses_all = counting  # type: ignore[method-assign]
     outputs: list[object] = []
     for i in range(40):
         prompt = [1] * rng.randint(5, 120)
@@ -228,7 +228,7 @@ def fcfs_run(h: ModuleType, seed: int, shortcuts: bool) -> tuple[list[object], i
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_refuses_again_skips_only_passes_that_refuse_all(h: ModuleType, seed: int) -> None:
+def test_refuses_all_skips_only_passes_that_refuse_all(h: ModuleType, seed: int) -> None:
     """Every output (order, tokens, ends) and preemption is that of the plain path, and the
     shortcut did skip passes."""
     fast = fcfs_run(h, seed, shortcuts=True)

@@ -87,10 +87,6 @@ class LocalScheduler(SchedulerState):
         # `_admission_state` when the last prefill pass checked every candidate (all waiting)
         # and `_can_start` refused each one, with a policy of static admission; else None
         self._refused_state: tuple[object, ...] | None = None
-        # (lane models, that model's `waiting_version_of`, the admission's token budget)
-        # when the last prefill pass of a one-model lane checked every candidate and refused
-        # each one, with a policy of static admission; else None (see `_refuses_again`)
-        self._refused_any: tuple[frozenset[str], int, int | None] | None = None
         # per lane (its `models` argument), the `state_version` of its last plan when that
         # plan was empty and changed nothing under a static policy (see `parked`)
         self._parked: dict[frozenset[str] | None, int] = {}
@@ -633,11 +629,10 @@ class LocalScheduler(SchedulerState):
                 self._refused_state = state
                 self._refused_all = True
                 return
-        if self.shortcuts and self._refuses_again(lane, budget):  # as the pass would end
+        if self.shortcuts and self._refuses_all(lane, budget):  # as the pass would end
             self._refused_all = True
             self._refused_state = self._admission_state(lane, budget)
             return
-        self._refused_any = None
         candidates = self._lane_candidates(lane)
         memo: dict[str, list[int | None]] = {}
         if self.shortcuts:
@@ -706,31 +701,23 @@ class LocalScheduler(SchedulerState):
                 and len(order) == len(candidates)
             ):
                 self._refused_state = self._admission_state(lane, admission_budget)
-                if len(lane.models) == 1:
-                    (model,) = lane.models
-                    version = self.waiting_version_of[model]
-                    self._refused_any = (lane.models, version, admission.token_budget)
         finally:
             self._admit_memo = None
 
-    def _refuses_again(self, lane: Lane, budget: int) -> bool:
-        """Whether a prefill pass of the one-model `lane` now would refuse every candidate
-        at `_can_start` and check them all, as the last such pass (`_refused_any`, recorded
-        with a policy of static admission, every candidate waiting, none rejected, every
-        one in its order) did. The model's waiting queue is the same (`waiting_version_of`,
-        so the same candidates, none prefilling, and the same admission), the budget still
-        lets the pass check every candidate, and every waiting sequence is refused whatever
-        its length: its model is at `max_running`, or its available pages leave none above
-        the headroom (`_skip_refused`'s cap < 1). That pass would change nothing but set
-        `_refused_all` and `_refused_state`."""
-        memo = self._refused_any
-        if memo is None or memo[0] != lane.models:
+    def _refuses_all(self, lane: Lane, budget: int) -> bool:
+        """Whether a prefill pass of the one-model `lane` now, under a policy of static
+        admission, would admit nothing and change nothing but set `_refused_all` (True):
+        no sequence of the model is prefilling (every candidate waits), the admission
+        rejects none and changes none (static admission), and `_can_start` refuses every
+        waiting sequence whatever its length (its model is at `max_running`, or its
+        available pages leave none above the headroom: `_skip_refused`'s cap < 1), so
+        whichever candidates the policy orders and whatever budget it gives, none starts.
+        The pass would leave `_refused_state` as this state (a hint: a later pass in the
+        same state refuses alike), which the caller records."""
+        if not self.policy.static_admission or len(lane.models) != 1 or budget <= 0:
             return False
-        models, version, token_budget = memo
-        (model,) = models
-        if version != self.waiting_version_of[model]:
-            return False
-        if budget <= 0 or (token_budget is not None and token_budget <= 0):
+        (model,) = lane.models
+        if any(s.model == model for s in self.prefilling.values()):
             return False
         cfg = self.config
         running = self.num_running(model)

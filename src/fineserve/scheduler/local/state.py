@@ -211,10 +211,8 @@ class SchedulerState:
         self.pages = PageBroker(allocator, self.models, self.config.max_preemptions_per_grant)
         self.seqs: dict[str, Sequence] = {}
         self.waiting: dict[str, Sequence] = {}
-        # `waiting` by model, in `waiting`'s order (see the module docstring), and a version
-        # per model bumped on every change of `waiting_of[model]`
+        # `waiting` by model, in `waiting`'s order (see the module docstring)
         self.waiting_of: dict[str, dict[str, Sequence]] = {m: {} for m in self.models}
-        self.waiting_version_of: dict[str, int] = dict.fromkeys(self.models, 0)
         # bumped on every change of `waiting` (a request queued, started, preempted, ended)
         self.waiting_version = 0
         # bumped on every change a plan may depend on: a request queued or aborted, a plan
@@ -547,7 +545,6 @@ class SchedulerState:
         self.waiting[rid] = seq
         self.waiting_of[seq.model][rid] = seq
         self.waiting_version += 1
-        self.waiting_version_of[seq.model] += 1
 
     def _unqueue(self, seq: Sequence) -> None:
         """Take `seq` out of `waiting` (and of `waiting_of[seq.model]`) if it is there."""
@@ -555,7 +552,6 @@ class SchedulerState:
         self.waiting.pop(rid, None)
         self.waiting_of[seq.model].pop(rid, None)
         self.waiting_version += 1
-        self.waiting_version_of[seq.model] += 1
 
     # -- queries -----------------------------------------------------------------------------
     def in_flight(self, seq: Sequence) -> bool:

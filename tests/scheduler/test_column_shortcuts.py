@@ -1,5 +1,5 @@
-"""Column-wise shortcuts of the scheduler give what the per-sequence code gives: decode
-columns (`DecodeCols.rebuild`, lazy `edge`), the skip over refused prefill candidates
+"""Shortcuts of the scheduler give what the per-sequence code gives: decode columns
+(`DecodeCols.rebuild`), the skip over refused prefill candidates
 (`_skip_refused`), the one-model memory order, `waiting_of`, and `_trim`'s early return."""
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ def test_rebuild_gives_the_per_sequence_columns(h: ModuleType, seed: int) -> Non
     assert cols.sampling == [s.sampling for s in seqs]
     assert cols.plain == (not any(s.stream or s.stop_token_ids for s in seqs))
     assert cols.left == min(s.end_len - len(s.tokens) for s in seqs)
+    assert cols.edges is not None
     for r in range(t):
-        eager = [i for i, p in enumerate(cols.positions) if p % t == r]
-        assert cols.edge(r) == eager
-        assert cols.edge(r) is cols.edge(r)  # computed once
+        assert cols.edges[r] == [i for i, p in enumerate(cols.positions) if p % t == r]
 
 
 def test_rebuild_sees_streams_and_stop_tokens(h: ModuleType) -> None:

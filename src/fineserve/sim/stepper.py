@@ -15,15 +15,12 @@ import math
 import zlib
 from collections.abc import Callable
 from functools import partial
-from operator import add
 
 from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
 from fineserve.costmodel.registry import FallbackCostModel
 from fineserve.engine.step import ModelBatch, StepPlan, StepResult
 
 _STEP = 7919  # `token_stream`'s stride per position
-_TWO_STEPS = 2 * _STEP
-_TWO = 2
 
 
 class BatchCoster:
@@ -106,9 +103,7 @@ class BatchCoster:
             known = list(map(crcs.get, dec_ids))
             if None in known:
                 known = list(map(self.crc, dec_ids))
-            # column-wise: (crc + (7919 * p + 2 * 7919)) % vocab, the same integers
-            offsets = map(_TWO_STEPS.__add__, map(_STEP.__mul__, dec_pos))
-            sampled = list(map(vocab.__rmod__, map(add, known, offsets)))
+            sampled = [(c + 7919 * (p + 2)) % vocab for c, p in zip(known, dec_pos, strict=True)]
             if batch.model in columns:  # (one batch per model: not expected)
                 tokens.update(zip(dec_ids, sampled, strict=True))
             elif sampled:
@@ -195,9 +190,11 @@ class BatchCoster:
         if None in known:
             known = list(map(self.crc_inv, ids))
         vocab = self.vocab_size
-        starts = list(map(vocab.__rmod__, map(add, known, map(_TWO.__add__, batch.positions))))
-        ends = map(k.__add__, starts)
-        return list(map(orbit.__getitem__, map(slice, starts, ends)))
+        lists = []
+        for base, p in zip(known, batch.positions, strict=True):
+            m = (base + p + 2) % vocab
+            lists.append(orbit[m : m + k])
+        return lists
 
     def token_lists_plain(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
         """`token_lists` by the formula, token by token."""

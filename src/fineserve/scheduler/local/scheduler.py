@@ -16,8 +16,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seqs
 from dataclasses import dataclass
-from itertools import chain, compress, count, islice, repeat
-from operator import and_, attrgetter, floordiv, is_, itemgetter, mod, neg, not_, sub
+from itertools import chain, repeat
+from operator import itemgetter, mod, sub
 from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, StepPlan
@@ -32,8 +32,6 @@ from fineserve.scheduler.local.state import DecodeCols, Lane, SchedulerState, Sc
 
 RUNNING = Status.RUNNING
 _last = itemgetter(slice(-1, None))  # tokens[-1:], the token a decode feeds
-_status = attrgetter("status")
-_tokens = attrgetter("tokens")
 
 
 @dataclass(slots=True)
@@ -263,7 +261,7 @@ class LocalScheduler(SchedulerState):
         t = self.pages.tokens_per_page[model]
         pos, tables, seqs = cols.positions, cols.page_tables, cols.seqs
         if cols.edges is not None:
-            edge: Seqs[int] = cols.edge(-(cols.shift + done) % t)
+            edge: Seqs[int] = cols.edges[-(cols.shift + done) % t]
         else:
             edge = [i for i, p in enumerate(pos) if not (p + done) % t]
         full = [seqs[i] for i in edge if pos[i] + done >= len(tables[i]) * t]
@@ -381,10 +379,10 @@ class LocalScheduler(SchedulerState):
         needs: dict[str, list[int]] = {}
         for batch in plan.batches:
             t = self.pages.tokens_per_page[batch.model]
-            # max(0, ceil((p + k) / t) - len(table)), column-wise: ceil(x / t) = -((-x) // t)
-            pages = map(neg, map(floordiv, map((-k).__sub__, batch.positions), repeat(t)))
-            extra = map(sub, pages, map(len, batch.page_tables))
-            needs[batch.model] = list(map(max, repeat(0), extra))
+            tables = batch.page_tables
+            needs[batch.model] = [
+                max(0, -(-(p + k) // t) - len(tables[i])) for i, p in enumerate(batch.positions)
+            ]
         if not any(map(any, needs.values())):
             return True  # the decodes hold every page already: nothing is taken early
         frac = self.config.horizon_free_fraction
@@ -503,7 +501,7 @@ class LocalScheduler(SchedulerState):
         """The decode batch of `model` from its decode columns (at most `limit`, longest-
         waiting first, so none starves), first growing the page tables of those whose KV fills
         its last page. Hot path: column-wise, no pass over the sequences when every decode
-        runs (the decodes at a page boundary come from `cols.edge`)."""
+        runs (the decodes at a page boundary come from `cols.edges`)."""
         seqs = cols.seqs
         now = plan.now
         n = len(seqs)
@@ -517,7 +515,7 @@ class LocalScheduler(SchedulerState):
         if idx is not None:
             edge = [i for i in idx if not pos[i] % t]
         elif cols.edges is not None:
-            edge = cols.edge(-cols.shift % t)
+            edge = cols.edges[-cols.shift % t]
         elif 0 in map(mod, pos, repeat(t)):
             edge = [i for i, p in enumerate(pos) if not p % t]
         else:
@@ -621,17 +619,7 @@ class LocalScheduler(SchedulerState):
         if not self._has_candidates(lane):
             self._refused_state = None
             return
-        refused_state = self._refused_state
-        if refused_state is not None:
-            self._refused_state = None
-            state = self._admission_state(lane, budget)
-            if state == refused_state:  # the same pass again: every candidate refused
-                self._refused_state = state
-                self._refused_all = True
-                return
-        if self.shortcuts and self._refuses_all(lane, budget):  # as the pass would end
-            self._refused_all = True
-            self._refused_state = self._admission_state(lane, budget)
+        if self._pass_refused(lane, budget):
             return
         candidates = self._lane_candidates(lane)
         memo: dict[str, list[int | None]] = {}
@@ -704,6 +692,25 @@ class LocalScheduler(SchedulerState):
         finally:
             self._admit_memo = None
 
+    def _pass_refused(self, lane: Lane, budget: int) -> bool:
+        """Whether the lane's prefill pass (it has candidates) would refuse every candidate
+        and change nothing, known without running it: it repeats the last pass that did
+        (`_refused_state`), or `_refuses_all` (`shortcuts`). If so, set what that pass
+        would set (`_refused_all` True, `_refused_state` this state) and return True."""
+        refused_state = self._refused_state
+        if refused_state is not None:
+            self._refused_state = None
+            state = self._admission_state(lane, budget)
+            if state == refused_state:  # the same pass again: every candidate refused
+                self._refused_state = state
+                self._refused_all = True
+                return True
+        if self.shortcuts and self._refuses_all(lane, budget):  # as the pass would end
+            self._refused_all = True
+            self._refused_state = self._admission_state(lane, budget)
+            return True
+        return False
+
     def _refuses_all(self, lane: Lane, budget: int) -> bool:
         """Whether a prefill pass of the one-model `lane` now, under a policy of static
         admission, would admit nothing and change nothing but set `_refused_all` (True):
@@ -747,7 +754,7 @@ class LocalScheduler(SchedulerState):
         counts and the budget stay the same until a candidate is admitted or one that is
         not waiting is met. When every waiting one is refused (running >= `max_running`, or
         cap < 1 while a chunk has a token at least) the answer is the next of `stops`; else
-        the rest of `order` is checked column-wise, lazily."""
+        the rest of `order` is checked up to the first one it would not refuse."""
         if counts is None:
             return at
         running, free = counts
@@ -765,10 +772,12 @@ class LocalScheduler(SchedulerState):
             return _next_stop(stops, at, n)
         if budget <= cap:
             return at  # every waiting candidate's chunk fits
-        waiting = map(is_, map(_status, islice(order, at, n)), repeat(Status.WAITING))
-        longer = map(cap.__lt__, map(len, map(_tokens, islice(order, at, n))))
-        # the first index not refused (lazily: stops there)
-        return next(compress(count(at), map(not_, map(and_, waiting, longer))), n)
+        waiting = Status.WAITING
+        for i in range(at, n):  # the first one not refused
+            seq = order[i]
+            if seq.status is not waiting or len(seq.tokens) <= cap:
+                return i
+        return n
 
     def _admission_state(self, lane: Lane, budget: int) -> tuple[object, ...]:
         """What a prefill pass of a policy with static admission decides on, when every
@@ -948,12 +957,14 @@ class LocalScheduler(SchedulerState):
 
 
 def _indices(order: list[Sequence], members: list[Sequence]) -> list[int]:
-    """The ascending indices in `order` of those of `members` it holds (by identity)."""
+    """The ascending indices in `order` of those of `members` it holds (a `Sequence`
+    compares by identity)."""
     found = []
     for seq in members:
-        for i in compress(count(), map(is_, order, repeat(seq))):
-            found.append(i)
-            break
+        try:
+            found.append(order.index(seq))
+        except ValueError:
+            continue
     return sorted(found)
 
 

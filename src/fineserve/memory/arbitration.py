@@ -58,11 +58,14 @@ def choose_victim(
     candidates: Sequence[PreemptionCandidate], alloc: KVAllocator
 ) -> PreemptionCandidate | None:
     """The request to preempt, or None if every candidate's model must keep its pages."""
-    allowed = [
-        c
-        for c in candidates
-        if alloc.used_pages(c.model) - c.pages >= reserve_pages(alloc, c.model)
-    ]
+    room: dict[str, int] = {}  # per model: used pages above its reserve (read once)
+    allowed = []
+    for c in candidates:
+        r = room.get(c.model)
+        if r is None:
+            r = room[c.model] = alloc.used_pages(c.model) - reserve_pages(alloc, c.model)
+        if c.pages <= r:
+            allowed.append(c)
     if not allowed:
         return None
     return max(allowed, key=lambda c: (c.slack_s, -c.tokens_per_byte, c.pages))

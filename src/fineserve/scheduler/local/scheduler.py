@@ -233,7 +233,8 @@ class LocalScheduler(SchedulerState):
         if not self.may_extend(plan, done):
             return False
         batch = plan.batches[0]
-        self._trim(batch, self._cols[batch.model].seqs, done)
+        if self._lanes[plan.step_id].reserved or not self.trim_skips:
+            self._trim(batch, self._cols[batch.model].seqs, done)
         return True
 
     def extend_plan(
@@ -404,6 +405,8 @@ class LocalScheduler(SchedulerState):
             if not total:
                 continue
             pages = alloc.allocate(batch.model, total)
+            if lane is not None:
+                lane.reserved = True
             plan.new_pages.setdefault(batch.model, []).extend(pages)
             at = 0
             for table, n in zip(batch.page_tables, need, strict=True):

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from enum import Enum
 from typing import Any
 
@@ -67,7 +68,7 @@ class Sequence:
         self,
         request_id: str,
         model: str,
-        prompt_token_ids: list[int],
+        prompt_token_ids: Iterable[int],
         max_tokens: int,
         arrival_s: float,
         ttft_slo_s: float | None = None,

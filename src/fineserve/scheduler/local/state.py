@@ -22,6 +22,7 @@ from collections.abc import Sequence as Seqs
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
+from typing import ClassVar
 
 from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
@@ -151,6 +152,7 @@ class Lane:
         "decode_idx",
         "decode_seqs",
         "models",
+        "reserved",
         "scheduled",
         "step_id",
     )
@@ -163,6 +165,9 @@ class Lane:
         self.decode_seqs: dict[str, list[Sequence]] = {}
         self.decode_idx: dict[str, list[int] | None] = {}
         self.aborted: set[str] = set()  # aborted while in flight: finished by `update`
+        # pages were taken early for its iterations (`_reserve_horizon`): only then may a
+        # decode hold more pages than its KV needs when the plan (or chain) stops early
+        self.reserved = False
 
 
 @dataclass
@@ -179,6 +184,10 @@ class SchedulerStats:
 
 class SchedulerState:
     """Sequences and their queues (see the module docstring)."""
+
+    #: exact shortcut (tests turn it off): a plan that took no page early (`Lane.reserved`)
+    #: is not trimmed when it stops early, as no decode holds a page its KV does not need
+    trim_skips: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -247,7 +256,7 @@ class SchedulerState:
         seq = Sequence(
             request_id,
             model,
-            list(prompt_token_ids),
+            prompt_token_ids,  # `Sequence` copies it
             max_tokens,
             arrival_s,
             served.ttft_slo_s,
@@ -318,7 +327,7 @@ class SchedulerState:
                 if col is None:
                     col = list(map(result.token_lists.__getitem__, ids))
                 self._feed_plain(cols, idx, seqs, _firsts(col, steps), now, steps)
-                if steps < plan.num_steps:
+                if steps < plan.num_steps and (lane.reserved or not self.trim_skips):
                     self._trim(batch, seqs, steps)
             elif cols.plain:
                 if col is None:

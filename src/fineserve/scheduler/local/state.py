@@ -398,8 +398,8 @@ class SchedulerState:
         plan had been made for `steps` iterations.
 
         A decode at position p keeps ceil((p + steps) / t) pages, so it has a surplus exactly
-        when its pages hold at least t + steps tokens beyond p: checked column-wise first
-        (the common case, e.g. a plan that took no page early, has none)."""
+        when its pages hold at least t + steps tokens beyond p: checked for all first, in one
+        comprehension (the common case has none)."""
         t = self.pages.tokens_per_page[batch.model]
         beyond = [len(s.pages) * t - p for s, p in zip(seqs, batch.positions, strict=True)]
         if max(beyond, default=0) < t + steps:

@@ -108,16 +108,15 @@ class StepResult:
 
     def all_tokens(self, plan: StepPlan) -> dict[str, int]:
         """`tokens` with the `columns` of `plan`'s batches by request id."""
-        out = dict(self.tokens)
-        for batch in plan.batches:
-            col = self.columns.get(batch.model)
-            if col is not None:
-                out.update(zip(batch.request_ids[batch.num_prefills :], col, strict=True))
-        return out
+        return self._with_columns(self.tokens, plan)
 
     def all_token_lists(self, plan: StepPlan) -> dict[str, list[int]]:
         """`token_lists` with the `columns` of `plan`'s batches by request id."""
-        out = dict(self.token_lists)
+        return self._with_columns(self.token_lists, plan)
+
+    def _with_columns(self, by_id: dict[str, Any], plan: StepPlan) -> dict[str, Any]:
+        """A copy of `by_id` plus each batch's column, keyed by its decodes' request ids."""
+        out = dict(by_id)
         for batch in plan.batches:
             col = self.columns.get(batch.model)
             if col is not None:

@@ -733,7 +733,7 @@ class LocalScheduler(SchedulerState):
         running = self.num_running(model)
         if running >= cfg.max_running:
             return True
-        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+        keep = self._admission_keep(running)
         return (self.pages.available(model) - keep) * self.pages.tokens_per_page[model] < 1
 
     def _skip_refused(
@@ -769,7 +769,7 @@ class LocalScheduler(SchedulerState):
         if free is None or at >= n:
             return at
         t = self.pages.tokens_per_page[order[at].model]
-        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
+        keep = self._admission_keep(running)
         cap = (free - keep) * t
         if cap < 1:
             return _next_stop(stops, at, n)
@@ -859,9 +859,12 @@ class LocalScheduler(SchedulerState):
             free = self.pages.available(model)
             if memo is not None:
                 memo[model][1] = free
+        return free >= need + self._admission_keep(running)
+
+    def _admission_keep(self, running: int) -> int:
+        """Pages a model with `running` sequences must keep free after admitting a prompt."""
         cfg = self.config
-        keep = cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
-        return free >= need + keep
+        return cfg.admit_headroom_pages + cfg.growth_pages_per_running * running
 
     def _memory_order(self, order: list[Sequence], budget: int, now: float) -> list[Sequence]:
         """When the chunks this step would need more pages than a model can get, serve models

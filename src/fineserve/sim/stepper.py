@@ -64,7 +64,7 @@ class BatchCoster:
 
     def token(self, request_id: str, position: int) -> int:
         """`token_stream(request_id, position)`, with the request id's CRC cached."""
-        return (self.crc(request_id) + 7919 * (position + 1)) % self.vocab_size
+        return (self.crc(request_id) + _STEP * (position + 1)) % self.vocab_size
 
     def run(self, plan: StepPlan) -> tuple[StepResult, list[tuple[float, float]]]:
         """(result with tokens and the longest solo batch time, [(work_s, prefill_fraction)]).
@@ -103,7 +103,7 @@ class BatchCoster:
             known = list(map(crcs.get, dec_ids))
             if None in known:
                 known = list(map(self.crc, dec_ids))
-            sampled = [(c + 7919 * (p + 2)) % vocab for c, p in zip(known, dec_pos, strict=True)]
+            sampled = [(c + _STEP * (p + 2)) % vocab for c, p in zip(known, dec_pos, strict=True)]
             if batch.model in columns:  # (one batch per model: not expected)
                 tokens.update(zip(dec_ids, sampled, strict=True))
             elif sampled:
@@ -161,30 +161,19 @@ class BatchCoster:
 
     def token_columns(self, plan: StepPlan, k: int) -> dict[str, list[list[int]]]:
         """`token_lists` as `StepResult.columns`: per model, its batch's lists in batch order
-        (a decode-only plan: one batch per model)."""
-        orbit = self.orbit(k)
-        if orbit is None:
-            lists = self.token_lists_plain(plan, k)
-            return {b.model: list(map(lists.__getitem__, b.request_ids)) for b in plan.batches}
-        return {b.model: self._orbit_lists(b, k, orbit) for b in plan.batches}
-
-    def token_lists(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
-        """The tokens each decode of a decode-only `plan` samples in k iterations: at
-        position p + 1 + j in iteration j (`token`).
+        (a decode-only plan: one batch per model).
 
         With a stride invertible mod the vocabulary (`orbit`), token(rid, p + 1 + j) =
         (crc + 7919 * (p + 2 + j)) % vocab = orbit[m + j] for m = (crc * 7919^-1 + p + 2)
         % vocab, so each list is a slice of the orbit (no arithmetic per token)."""
         orbit = self.orbit(k)
         if orbit is None:
-            return self.token_lists_plain(plan, k)
-        lists: dict[str, list[int]] = {}
-        for batch in plan.batches:
-            lists.update(zip(batch.request_ids, self._orbit_lists(batch, k, orbit), strict=True))
-        return lists
+            lists = self.token_lists(plan, k)
+            return {b.model: list(map(lists.__getitem__, b.request_ids)) for b in plan.batches}
+        return {b.model: self._orbit_lists(b, k, orbit) for b in plan.batches}
 
     def _orbit_lists(self, batch: ModelBatch, k: int, orbit: list[int]) -> list[list[int]]:
-        """The k-token lists of `batch`'s decodes, in batch order (see `token_lists`)."""
+        """The k-token lists of `batch`'s decodes, in batch order (see `token_columns`)."""
         ids = batch.request_ids
         known = list(map(self._crc_inv.get, ids))
         if None in known:
@@ -196,8 +185,9 @@ class BatchCoster:
             lists.append(orbit[m : m + k])
         return lists
 
-    def token_lists_plain(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
-        """`token_lists` by the formula, token by token."""
+    def token_lists(self, plan: StepPlan, k: int) -> dict[str, list[int]]:
+        """The tokens each decode of a decode-only `plan` samples in k iterations: at
+        position p + 1 + j in iteration j (`token`), by the formula, token by token."""
         lists: dict[str, list[int]] = {}
         vocab, crcs = self.vocab_size, self._crc
         step = _STEP * k
@@ -222,7 +212,7 @@ class BatchCoster:
         return orbit
 
     def crc_inv(self, request_id: str) -> int:
-        """crc(request_id) * 7919^-1 mod the vocabulary size (cached; see `token_lists`)."""
+        """crc(request_id) * 7919^-1 mod the vocabulary size (cached; see `token_columns`)."""
         base = self._crc_inv.get(request_id)
         if base is None:
             assert self._inverse is not None

@@ -233,7 +233,7 @@ class LocalScheduler(SchedulerState):
         if not self.may_extend(plan, done):
             return False
         batch = plan.batches[0]
-        if self._lanes[plan.step_id].reserved or not self.trim_skips:
+        if self._may_hold_surplus(self._lanes[plan.step_id]):
             self._trim(batch, self._cols[batch.model].seqs, done)
         return True
 

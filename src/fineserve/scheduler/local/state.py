@@ -327,7 +327,7 @@ class SchedulerState:
                 if col is None:
                     col = list(map(result.token_lists.__getitem__, ids))
                 self._feed_plain(cols, idx, seqs, _firsts(col, steps), now, steps)
-                if steps < plan.num_steps and (lane.reserved or not self.trim_skips):
+                if steps < plan.num_steps and self._may_hold_surplus(lane):
                     self._trim(batch, seqs, steps)
             elif cols.plain:
                 if col is None:
@@ -391,6 +391,12 @@ class SchedulerState:
                 self._finish(seq, "length", token=token)
         if not cols.dirty:
             cols.left = cols.tokens_left()
+
+    def _may_hold_surplus(self, lane: Lane) -> bool:
+        """Whether a decode of `lane`'s plan may hold pages its KV does not need when the plan
+        stops early, so `_trim` must run: only if the plan took pages early (`trim_skips`
+        off: always)."""
+        return lane.reserved or not self.trim_skips
 
     def _trim(self, batch: ModelBatch, seqs: list[Sequence], steps: int) -> None:
         """A multi-step plan stopped after `steps` iterations: give back the pages reserved

@@ -152,7 +152,11 @@ def _plain_decoder(self: BatchCoster, key: InstanceKey) -> stepper.DecodeTimes:
     """The plain path: `step_time` of each shifted batch."""
 
     def times(positions: list[int], k: int) -> list[float]:
-        return stepper._plain_decode_times(self.cost_model, key, positions, k)
+        step_time = self.cost_model.step_time
+        return [
+            step_time(key, BatchShape(decode_context=tuple(p + j for p in positions)))
+            for j in range(k)
+        ]
 
     return times
 

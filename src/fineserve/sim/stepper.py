@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable
 from functools import partial
 
-from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey
+from fineserve.costmodel.base import BatchShape, CostModel, InstanceKey, inner_decode_times
 from fineserve.costmodel.registry import FallbackCostModel
 from fineserve.engine.step import ModelBatch, StepPlan, StepResult
 
@@ -52,7 +52,7 @@ class BatchCoster:
             if method is not None:
                 fn = self._decoders[key] = partial(method, key)
             else:
-                fn = self._decoders[key] = partial(_plain_decode_times, self.cost_model, key)
+                fn = self._decoders[key] = partial(inner_decode_times, self.cost_model, key)
         return fn
 
     def crc(self, request_id: str) -> int:
@@ -242,15 +242,3 @@ class BatchCoster:
 
 
 DecodeTimes = Callable[[list[int], int], list[float]]
-
-
-def _plain_decode_times(
-    cost: CostModel, key: InstanceKey, positions: list[int], k: int
-) -> list[float]:
-    """`cost.step_time` of each of the k iterations (the plain path)."""
-    return [cost.step_time(key, _shifted(positions, j)) for j in range(k)]
-
-
-def _shifted(positions: list[int], j: int) -> BatchShape:
-    """The decode batch at `positions`, j iterations later."""
-    return BatchShape(decode_context=tuple(p + j for p in positions))

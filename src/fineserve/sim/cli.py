@@ -1,6 +1,6 @@
 """`fineserve sim`: run a simulator experiment or the fidelity check.
 
-    fineserve sim --experiment paper [--quick] [--json] [--plot DIR] [--data-dir D]
+    fineserve sim --experiment paper [--quick] [--json] [--plot DIR] [--data-dir D] [--jobs N]
     fineserve sim --experiment drift [--quick] [--json]
     fineserve sim --validate [--json]
 
@@ -29,6 +29,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-scales", help="comma-separated TTFT SLO scales, paper only")
     parser.add_argument("--duration", type=float, help="arrival window in seconds")
     parser.add_argument("--schemes", help="comma-separated schemes (default: all)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="worker processes for the paper sweep's runs (default: the usable CPUs)",
+    )
+
+
+def _jobs(requested: int | None) -> int:
+    """`--jobs`, or one worker per usable CPU; a CliError for a value below 1."""
+    import os
+
+    from fineserve.cli import CliError
+
+    if requested is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if requested < 1:
+        raise CliError(f"--jobs must be at least 1, got {requested}")
+    return requested
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -97,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         from fineserve.sim.experiments import run_paper
         from fineserve.sim.report import format_paper
 
-        doc = run_paper(_paper_config(args), data_dir, progress=_progress(False))
+        cfg = _paper_config(args)
+        doc = run_paper(cfg, data_dir, progress=_progress(False), jobs=_jobs(args.jobs))
         text = format_paper(doc)
     else:
         from fineserve.sim.drift import DriftConfig, format_drift, run_drift

@@ -12,9 +12,11 @@ never to drive the simulation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from fineserve.sim.workload import (
 from fineserve.workload.metrics import summarize
 
 SCHEME_ORDER = ("static", "muxserve", "prism", "fineserve", "fineserve_plus")
+METRICS = ("slo_attainment", "tokens_per_s", "goodput_rps")
 
 
 @dataclass(frozen=True)
@@ -189,64 +192,125 @@ def paper_models_at(
     return with_slos(models, cost, scale, ref)
 
 
+@dataclass(frozen=True)
+class PaperRun:
+    """One (rate, SLO scale, scheme) cell of the sweep: the unit a worker process runs."""
+
+    rate: float
+    scale: float
+    scheme: str
+
+
+def sweep_runs(cfg: PaperConfig) -> list[PaperRun]:
+    """Every cell of `cfg`'s sweep, in the order the document lists them."""
+    return [PaperRun(r, s, n) for r in cfg.rates for s in cfg.slo_scales for n in cfg.schemes]
+
+
+def longest_first(runs: Sequence[PaperRun]) -> list[PaperRun]:
+    """`runs` in the order a worker pool should start them: higher rates first (their runs are
+    the longest), and at one rate the schemes that also run planning simulations first, so
+    the last runs to finish are short ones."""
+
+    def cost(run: PaperRun) -> tuple[float, bool]:
+        return (run.rate, bool(get_scheme(run.scheme).placement_candidates))
+
+    return sorted(runs, key=cost, reverse=True)
+
+
+@cache
+def _sweep_setting(cost_model: str, data_dir: Path | None, seed: int, drain_s: float) -> Planning:
+    """The cost and interference models and length distribution of a sweep, read once per
+    process."""
+    lengths = sharegpt_lengths(data_dir)
+    mean_out = round(sum(o for _, o in lengths) / max(len(lengths), 1))
+    return Planning(make_cost_model(cost_model), load_fitted_interference(), lengths,
+                    (mean_prompt(lengths), mean_out), seed, drain_s)  # fmt: skip
+
+
+def run_paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> dict[str, Any]:
+    """One cell of the `paper` sweep: the scheme's placement (simulation-verified when it has
+    candidates) and its run over the point's requests. The result is the `runs` row of the
+    document (metrics included); it depends only on its arguments."""
+    plan = _sweep_setting(cfg.cost_model, data_dir, cfg.seed, cfg.drain_s)
+    models = paper_models_at(cfg, run.rate, run.scale, plan.cost, plan.mean_lengths[0])
+    reqs = poisson_requests(models, plan.lengths, cfg.duration_s, cfg.seed)
+    spec = get_scheme(run.scheme)
+    chosen: dict[str, Any] = {}
+    sim_s = wall_s = 0.0
+    if spec.placement_candidates:
+        v = verified_placement(spec, models, cfg.num_gpus, GpuSpec(), plan)
+        placement = v.placement
+        sim_s, wall_s = v.sim_s, v.wall_s
+        chosen = {"placement": v.chosen, "planning_attainment": dict(v.scores),
+                  "planning_wall_s": v.wall_s}  # fmt: skip
+    else:
+        placement = placement_for(
+            spec, models, cfg.num_gpus, GpuSpec(), plan.cost, plan.mean_lengths
+        )
+    res = run_scheme(spec, models, reqs, plan.cost, plan.interference, cfg.num_gpus,
+                     cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
+    s = res.summary
+    metrics = {k: float(s[k] or 0.0) for k in METRICS}
+    totals = {"cell_sim_s": sim_s + res.sim_s, "cell_wall_s": wall_s + res.wall_s}
+    return {"rate": run.rate, "slo_scale": run.scale, "scheme": run.scheme, **metrics,
+            "requests": s["requests"], "sim_s": res.sim_s, "wall_s": res.wall_s, **res.stats,
+            **chosen, **totals}  # fmt: skip
+
+
+def _cells(cfg: PaperConfig, data_dir: Path | None, jobs: int) -> Iterator[dict[str, Any]]:
+    """The sweep's cells as they finish: in this process when `jobs` is 1, else on a pool of
+    `jobs` worker processes fed longest first."""
+    runs = sweep_runs(cfg)
+    if jobs <= 1 or len(runs) <= 1:
+        yield from (run_paper_cell(cfg, data_dir, run) for run in runs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
+        futures = [pool.submit(run_paper_cell, cfg, data_dir, r) for r in longest_first(runs)]
+        yield from (f.result() for f in as_completed(futures))
+
+
 def run_paper(
     cfg: PaperConfig,
     data_dir: Path | None,
     progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """The `paper` experiment's JSON document (see the module docstring)."""
-    cost = make_cost_model(cfg.cost_model)
-    interference = load_fitted_interference()
-    lengths = sharegpt_lengths(data_dir)
-    ref = mean_prompt(lengths)
-    mean_out = round(sum(o for _, o in lengths) / max(len(lengths), 1))
-    plan = Planning(cost, interference, lengths, (ref, mean_out), cfg.seed, cfg.drain_s)
-    points: list[dict[str, Any]] = []
-    sim_total = wall_total = 0.0
-    detail: list[dict[str, Any]] = []
-    for rate in cfg.rates:
-        for scale in cfg.slo_scales:
-            models = paper_models_at(cfg, rate, scale, cost, ref)
-            reqs = poisson_requests(models, lengths, cfg.duration_s, cfg.seed)
-            schemes: dict[str, dict[str, float]] = {}
-            for name in cfg.schemes:
-                spec = get_scheme(name)
-                chosen: dict[str, Any] = {}
-                if spec.placement_candidates:
-                    v = verified_placement(spec, models, cfg.num_gpus, GpuSpec(), plan)
-                    placement = v.placement
-                    sim_total += v.sim_s
-                    wall_total += v.wall_s
-                    chosen = {"placement": v.chosen, "planning_attainment": dict(v.scores),
-                              "planning_wall_s": v.wall_s}  # fmt: skip
-                else:
-                    placement = placement_for(
-                        spec, models, cfg.num_gpus, GpuSpec(), cost, (ref, mean_out)
-                    )
-                res = run_scheme(spec, models, reqs, cost, interference, cfg.num_gpus,
-                                 cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
-                sim_total += res.sim_s
-                wall_total += res.wall_s
-                s = res.summary
-                schemes[name] = {
-                    "slo_attainment": float(s["slo_attainment"] or 0.0),
-                    "tokens_per_s": float(s["tokens_per_s"]),
-                    "goodput_rps": float(s["goodput_rps"]),
-                }
-                detail.append({"rate": rate, "slo_scale": scale, "scheme": name,
-                               "requests": s["requests"], "sim_s": res.sim_s,
-                               "wall_s": res.wall_s, **res.stats, **chosen})  # fmt: skip
-                if progress is not None:
-                    progress(
-                        f"rate {rate:g} scale {scale:g} {name}: attainment "
-                        f"{schemes[name]['slo_attainment']:.3f}, {s['tokens_per_s']:.0f} tok/s "
-                        f"({res.sim_s:.0f} s simulated in {res.wall_s:.1f} s)"
-                    )
-            points.append({"rate": rate, "slo_scale": scale, "schemes": schemes})
+    """The `paper` experiment's JSON document (see the module docstring). `jobs` worker
+    processes run the cells; every figure but the wall times is the same for any `jobs`."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    t0 = perf_counter()
+    rows: dict[tuple[float, float, str], dict[str, Any]] = {}
+    for row in _cells(cfg, data_dir, jobs):
+        rows[row["rate"], row["slo_scale"], row["scheme"]] = row
+        if progress is not None:
+            progress(
+                f"[{len(rows)}/{len(cfg.rates) * len(cfg.slo_scales) * len(cfg.schemes)}] "
+                f"rate {row['rate']:g} scale {row['slo_scale']:g} {row['scheme']}: attainment "
+                f"{row['slo_attainment']:.3f}, {row['tokens_per_s']:.0f} tok/s "
+                f"({row['sim_s']:.0f} s simulated in {row['wall_s']:.1f} s)"
+            )
+    elapsed = perf_counter() - t0
+    ordered = [rows[r.rate, r.scale, r.scheme] for r in sweep_runs(cfg)]
+    points = [
+        {"rate": rate, "slo_scale": scale,
+         "schemes": {r["scheme"]: {k: r[k] for k in METRICS} for r in ordered
+                     if (r["rate"], r["slo_scale"]) == (rate, scale)}}
+        for rate in cfg.rates for scale in cfg.slo_scales
+    ]  # fmt: skip
+    sim_total = sum(r.pop("cell_sim_s") for r in ordered)
+    wall_total = sum(r.pop("cell_wall_s") for r in ordered)
+    detail = [{k: v for k, v in r.items() if k not in METRICS} for r in ordered]
+    plan = _sweep_setting(cfg.cost_model, data_dir, cfg.seed, cfg.drain_s)
+    ref = plan.mean_lengths[0]
     return {
         "experiment": "paper",
         "points": points,
-        "sim_speedup": sim_total / max(wall_total, 1e-9),
+        "sim_speedup": sim_total / max(elapsed, 1e-9),
+        "sim_speedup_per_process": sim_total / max(wall_total, 1e-9),
+        "jobs": jobs,
+        "elapsed_s": elapsed,
         "runs": detail,
         "config": {
             "num_gpus": cfg.num_gpus,

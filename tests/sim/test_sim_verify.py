@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
 from fineserve.costmodel.registry import make_cost_model
 from fineserve.costmodel.table import load_fitted_interference
-from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
+from fineserve.sim.catalog import GpuSpec, SimModel, paper_models, slo_scaled
 from fineserve.sim.experiments import (
+    Candidate,
     Planning,
     candidate_placements,
     placement_for,
-    slo_scaled,
     verified_placement,
 )
 from fineserve.sim.placement import PlacedInstance, Placement
@@ -68,14 +69,21 @@ def test_every_scheme_lists_known_placement_policies() -> None:
 def test_margin_candidates_are_the_own_policy_planned_for_scaled_slos() -> None:
     cost = make_cost_model("h100")
     models = with_slos(assign_rates(paper_models(1), 30.0, 0.9, 0), cost, 5.0, 512)
-    spec = replace(get_scheme("fineserve_plus"), placement_slo_margins=(0.5,))
+    spec = replace(get_scheme("fineserve_plus"), placement_slo_margins=(0.5,),
+                   served_slo_margins=(0.5, 0.7))  # fmt: skip
     candidates = candidate_placements(spec, models, 8, GpuSpec(), cost, (512, 256))
     own = spec.placement_candidates[0]
-    assert list(candidates) == [*spec.placement_candidates, f"{own}@0.5"]
-    tight = [slo_scaled(m, 0.5) for m in models]
-    assert candidates[f"{own}@0.5"] == placement_for(spec, tight, 8, GpuSpec(), cost,
-                                                      (512, 256), own)  # fmt: skip
-    assert candidates[own] == placement_for(spec, models, 8, GpuSpec(), cost, (512, 256), own)
+    assert list(candidates) == [*spec.placement_candidates, f"{own}@0.5", f"{own}@0.5:served",
+                                f"{own}@0.7:served"]  # fmt: skip
+    plan = partial(placement_for, spec, num_gpus=8, gpu=GpuSpec(), cost=cost,
+                   mean_lengths=(512, 256), policy=own)  # fmt: skip
+    tight = plan([slo_scaled(m, 0.5) for m in models])
+    assert candidates[f"{own}@0.5"] == Candidate(tight, 1.0)
+    assert candidates[f"{own}@0.5:served"] == Candidate(tight, 0.5)
+    assert candidates[f"{own}@0.7:served"] == Candidate(
+        plan([slo_scaled(m, 0.7) for m in models]), 0.7
+    )
+    assert candidates[own] == Candidate(plan(models), 1.0)
 
 
 def test_slo_scaled_scales_the_slos_a_model_has() -> None:

@@ -102,3 +102,11 @@ def paper_models(copies_8b: int = 5) -> list[tuple[str, ModelType]]:
     out.append(("qwen32b-fp16", QWEN32B_FP16_TP2))
     out.append(("llama70b-fp16", LLAMA70B_FP16_TP4))
     return out
+
+
+def slo_scaled(model: SimModel, factor: float) -> SimModel:
+    """`model` with its TTFT and TPOT SLOs (those it has) times `factor`."""
+    ttft, tpot = model.ttft_slo_s, model.tpot_slo_s
+    return model.with_slo(
+        None if ttft is None else ttft * factor, None if tpot is None else tpot * factor
+    )

@@ -24,7 +24,7 @@ from fineserve.costmodel.base import CostModel, InterferenceModel
 from fineserve.costmodel.registry import make_cost_model
 from fineserve.costmodel.table import load_fitted_interference
 from fineserve.engine.clock import perf_counter
-from fineserve.sim.catalog import GpuSpec, SimModel, paper_models
+from fineserve.sim.catalog import GpuSpec, SimModel, paper_models, slo_scaled
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import Placement, fill_unplaced, fixed_placement, policy_placement
 from fineserve.sim.schemes import SCHEMES, SchemeSpec, get_scheme
@@ -96,6 +96,14 @@ def placement_for(
     return fill_unplaced(placement, models, gpu)[0]
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A placement to try, and the margin its engines serve the SLOs at (1.0: as given)."""
+
+    placement: Placement
+    slo_margin: float = 1.0
+
+
 def candidate_placements(
     spec: SchemeSpec,
     models: Sequence[SimModel],
@@ -103,26 +111,28 @@ def candidate_placements(
     gpu: GpuSpec,
     cost: CostModel,
     mean_lengths: tuple[int, int],
-) -> dict[str, Placement]:
-    """`spec`'s candidate placements by name, in trial order: each of its
-    `placement_candidates` policies for the models as served, then the first (the scheme's
-    own) planned with the SLOs scaled by each of its `placement_slo_margins`
-    (`"{policy}@{margin:g}"`)."""
+) -> dict[str, Candidate]:
+    """`spec`'s candidates by name, in trial order: each of its `placement_candidates`
+    policies for the models as given; then the first (the scheme's own) planned with the SLOs
+    scaled by each of its `placement_slo_margins` (`"{policy}@{margin:g}"`), and by each of
+    its `served_slo_margins` with engines serving the scaled SLOs too
+    (`"{policy}@{margin:g}:served"`)."""
     plan = partial(placement_for, spec, num_gpus=num_gpus, gpu=gpu, cost=cost,
                    mean_lengths=mean_lengths)  # fmt: skip
-    out = {policy: plan(models, policy=policy) for policy in spec.placement_candidates}
+    out = {policy: Candidate(plan(models, policy=policy)) for policy in spec.placement_candidates}
     own = spec.placement_candidates[0]
+    planned: dict[float, Placement] = {}
+
+    def planned_at(margin: float) -> Placement:
+        if margin not in planned:
+            planned[margin] = plan([slo_scaled(m, margin) for m in models], policy=own)
+        return planned[margin]
+
     for margin in spec.placement_slo_margins:
-        out[f"{own}@{margin:g}"] = plan([slo_scaled(m, margin) for m in models], policy=own)
+        out[f"{own}@{margin:g}"] = Candidate(planned_at(margin))
+    for margin in spec.served_slo_margins:
+        out[f"{own}@{margin:g}:served"] = Candidate(planned_at(margin), margin)
     return out
-
-
-def slo_scaled(model: SimModel, factor: float) -> SimModel:
-    """`model` with its TTFT and TPOT SLOs (those it has) times `factor`."""
-    ttft, tpot = model.ttft_slo_s, model.tpot_slo_s
-    return model.with_slo(
-        None if ttft is None else ttft * factor, None if tpot is None else tpot * factor
-    )
 
 
 @dataclass(frozen=True)
@@ -140,15 +150,16 @@ class Planning:
 
 def verified_placement(
     spec: SchemeSpec, models: Sequence[SimModel], num_gpus: int, gpu: GpuSpec, plan: Planning
-) -> Verified:
+) -> Verified[Candidate]:
     """`spec`'s placement verified by simulation (`sim.verify`): each of its
     `placement_candidates` run by the scheme on a planning workload of its own seed."""
     reqs = poisson_requests(models, plan.lengths, spec.verify_s, plan.seed + PLANNING_SEED_OFFSET)
     candidates = candidate_placements(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths)
 
-    def simulate(placement: Placement) -> Trial:
+    def simulate(candidate: Candidate) -> Trial:
         res = run_scheme(spec, models, reqs, plan.cost, plan.interference, num_gpus,
-                         spec.verify_s + plan.drain_s, gpu, placement)  # fmt: skip
+                         spec.verify_s + plan.drain_s, gpu, candidate.placement,
+                         candidate.slo_margin)  # fmt: skip
         return Trial(float(res.summary["slo_attainment"] or 0.0), res.sim_s, res.wall_s)
 
     return choose_placement(candidates, simulate)
@@ -164,11 +175,13 @@ def run_scheme(
     horizon_s: float,
     gpu: GpuSpec | None = None,
     placement: Placement | None = None,
+    slo_margin: float = 1.0,
 ) -> RunResult:
-    """Simulate scheme `spec` on `requests`; metrics over [0, horizon]."""
+    """Simulate scheme `spec` on `requests`, its engines serving the SLOs times `slo_margin`;
+    metrics (at the models' own SLOs) over [0, horizon]."""
     gpu = gpu or GpuSpec()
     placement = placement or fixed_placement(models, num_gpus, gpu)
-    sim = ClusterSim(models, placement, spec, cost, interference, gpu)
+    sim = ClusterSim(models, placement, spec, cost, interference, gpu, slo_margin=slo_margin)
     t0 = perf_counter()
     book = sim.run(requests, horizon_s=horizon_s)
     wall = perf_counter() - t0
@@ -239,16 +252,17 @@ def run_paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> di
     sim_s = wall_s = 0.0
     if spec.placement_candidates:
         v = verified_placement(spec, models, cfg.num_gpus, GpuSpec(), plan)
-        placement = v.placement
+        candidate = v.placement
         sim_s, wall_s = v.sim_s, v.wall_s
         chosen = {"placement": v.chosen, "planning_attainment": dict(v.scores),
                   "planning_wall_s": v.wall_s}  # fmt: skip
     else:
-        placement = placement_for(
-            spec, models, cfg.num_gpus, GpuSpec(), plan.cost, plan.mean_lengths
+        candidate = Candidate(
+            placement_for(spec, models, cfg.num_gpus, GpuSpec(), plan.cost, plan.mean_lengths)
         )
     res = run_scheme(spec, models, reqs, plan.cost, plan.interference, cfg.num_gpus,
-                     cfg.duration_s + cfg.drain_s, placement=placement)  # fmt: skip
+                     cfg.duration_s + cfg.drain_s, placement=candidate.placement,
+                     slo_margin=candidate.slo_margin)  # fmt: skip
     s = res.summary
     metrics = {k: float(s[k] or 0.0) for k in METRICS}
     totals = {"cell_sim_s": sim_s + res.sim_s, "cell_wall_s": wall_s + res.wall_s}

@@ -62,7 +62,7 @@ from fineserve.engine.engine import Engine
 from fineserve.engine.step import StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.errors import InvalidRequestError
-from fineserve.sim.catalog import GpuSpec, SimModel
+from fineserve.sim.catalog import GpuSpec, SimModel, slo_scaled
 from fineserve.sim.device import EPS, Activity, GpuGroup
 from fineserve.sim.placement import Placement
 from fineserve.sim.records import RecordBook
@@ -153,7 +153,11 @@ class SimStats:
 
 
 class ClusterSim:
-    """One simulation run (see the module docstring). Not reusable: make one per run."""
+    """One simulation run (see the module docstring). Not reusable: make one per run.
+
+    `slo_margin`: the engines serve every model at its SLOs times this margin (they plan,
+    admit and reject for those deadlines) while the records keep the models' own SLOs, the
+    ones the requests are judged at."""
 
     #: exact shortcut (tests turn it off to compare with the plain path): an idle lane with
     #: work whose engine says a plan would be empty and change nothing (`Engine.parked`) is
@@ -184,8 +188,10 @@ class ClusterSim:
         gpu: GpuSpec | None = None,
         token_times: bool = False,
         max_steps: int = 64,
+        slo_margin: float = 1.0,
     ) -> None:
         self.models = {m.name: m for m in models}
+        self._served = {m.name: slo_scaled(m, slo_margin) for m in models}  # what engines see
         self.max_steps = max_steps
         self._due: dict[str, list[float]] = {}  # per model, arrivals to come (next last)
         self._horizon_s = math.inf
@@ -233,7 +239,7 @@ class ClusterSim:
             if (gpus, tuple(names)) in keep and self.engines:
                 continue
             group = domains[gpus]
-            ms = [self.models[n] for n in names]
+            ms = [self._served[n] for n in names]
             alloc, engines = build_group_engines(
                 self.scheme, ms, arenas[gpus], self.cost_model, self.interference
             )

@@ -33,9 +33,12 @@ class SchemeSpec:
     "floor" (each model is owed `floor_tokens` of KV, FineServe's starvation guard).
     `placement_candidates`: placement policies whose placements are tried in a planning
     simulation of this scheme, the best kept (`sim.verify`); empty: `placement_policy` alone.
-    `placement_slo_margins`: the first candidate policy is also planned with every model's
-    SLOs scaled by each of these (0.5: for half the SLOs they are served at), candidate
-    `"{policy}@{margin}"`.
+    `placement_slo_margins`: one more candidate per margin, `"{policy}@{margin}"`: the first
+    candidate policy planned with every model's SLOs scaled by the margin (0.5: for half the
+    SLOs the requests are judged at).
+    `served_slo_margins`: one more candidate per margin, `"{policy}@{margin}:served"`: the
+    same placement, with engines that also serve to the scaled SLOs (they plan, admit and
+    reject for those deadlines; `ClusterSim(slo_margin=...)`).
     `verify_s`: the planning workload's arrival window.
     `growth_pages`: pages per running sequence kept free at admission
     (`SchedulerConfig.growth_pages_per_running`).
@@ -59,6 +62,7 @@ class SchemeSpec:
     policy_options: tuple[tuple[str, object], ...] = ()
     placement_candidates: tuple[str, ...] = ()
     placement_slo_margins: tuple[float, ...] = ()
+    served_slo_margins: tuple[float, ...] = ()
     verify_s: float = 30.0
     interference_aware: bool = False
     growth_pages: int = 0
@@ -91,6 +95,7 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
         policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
         placement_candidates=("fineserve", "prism"), placement_slo_margins=(0.5,),
+        served_slo_margins=(0.5,),
         interference_aware=True, growth_pages=4,
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
         "interference-aware and look-ahead admission, decode-growth headroom, "

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from fineserve.sim.placement import Placement
+C = TypeVar("C")
 
 PLANNING_SEED_OFFSET = 100_003
 
 
 @dataclass(frozen=True)
-class Verified:
-    """The chosen candidate, every candidate's planning attainment, and the simulation spent
-    choosing (simulated and wall seconds, counted in `sim_speedup` like any other run)."""
+class Verified(Generic[C]):
+    """The chosen candidate (`placement`: whatever the candidates are), every candidate's
+    planning attainment, and the simulation spent choosing (simulated and wall seconds,
+    counted in `sim_speedup` like any other run)."""
 
-    placement: Placement
+    placement: C
     chosen: str
     scores: Mapping[str, float]
     sim_s: float
@@ -49,9 +51,7 @@ class Trial:
     wall_s: float
 
 
-def choose_placement(
-    candidates: Mapping[str, Placement], simulate: Callable[[Placement], Trial]
-) -> Verified:
+def choose_placement(candidates: Mapping[str, C], simulate: Callable[[C], Trial]) -> Verified[C]:
     """The candidate whose planning simulation (`simulate`) has the highest attainment."""
     if not candidates:
         raise ValueError("no candidate placements to choose from")

@@ -46,6 +46,12 @@ def test_expected_arrivals_that_fit_leave_the_queue_alone() -> None:
     assert _admitted(None)
 
 
+def test_a_request_is_not_given_up_for_expected_arrivals_that_cost_the_same() -> None:
+    # expected arrivals of the long prompt's own length would not fit beside it either, but
+    # the request that is here is kept and the expected ones are given up
+    assert _admitted(Forecast(rate=200.0, mean_prompt=500.0))
+
+
 def test_lookahead_needs_the_fewest_misses_walk() -> None:
     with pytest.raises(ValueError, match="fewest_misses"):
         SlackPolicy(lookahead=True)

@@ -135,8 +135,8 @@ def _fewest_misses(
 ) -> tuple[list[Sequence], list[Sequence]]:
     """Moore-Hodgson over the earliest-deadline order: add each request; when the last one
     admitted would finish past its deadline, give up the admitted fresh request with the
-    largest cost (first in deadline order among equals; if none is fresh, keep going: started
-    work is never dropped).
+    largest cost (among equals an expected arrival before a request that is here, then the
+    first in deadline order; if none is fresh, keep going: started work is never dropped).
 
     Cost model: chunked prefill packs the queue into full steps, so a request adds its share of
     a full step (`pending / token_budget` of a step with a full chunk and the running decodes,
@@ -169,16 +169,17 @@ def _fewest_misses(
         expected = _expected_arrivals(ctx, full_step)
         if expected:
             items = list(heapq.merge(items, expected, key=lambda i: i.key))
-    worst: list[tuple[float, int, _Item]] = []  # droppable admitted items, largest cost first
+    # droppable admitted items: largest cost first, then expected arrivals before requests
+    worst: list[tuple[float, bool, int, _Item]] = []
     t = ctx.now
     for n, item in enumerate(items):
         seq = item.seq
         if seq is None or seq.fresh:
-            heapq.heappush(worst, (-item.cost, n, item))
+            heapq.heappush(worst, (-item.cost, seq is not None, n, item))
         t += item.cost
         alone = ctx.now + ctx.predictor.prefill_alone(seq) if seq is not None else t
         if max(t, alone) > item.deadline and worst:
-            _, _, drop = heapq.heappop(worst)
+            drop = heapq.heappop(worst)[-1]
             drop.dropped = True
             t -= drop.cost
             if drop.seq is not None:

@@ -44,3 +44,9 @@ def test_headline_compares_with_the_best_baseline() -> None:
     text = format_paper(DOC)
     assert "FineServe / best baseline = 2.00x attainment" in text
     assert "fineserve_plus / best baseline = 1.50x attainment, 0.50x tokens/s" in text
+
+
+def test_report_names_the_jobs_and_the_per_process_speed() -> None:
+    doc = {**DOC, "sim_speedup": 48.9, "sim_speedup_per_process": 26.0, "jobs": 2}
+    assert "(sim_speedup 48.9x on 2 jobs, 26.0x per process)" in format_paper(doc)
+    assert "(sim_speedup 30.0x)" in format_paper(DOC)

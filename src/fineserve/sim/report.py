@@ -38,7 +38,10 @@ def headline(doc: dict[str, Any]) -> dict[str, float]:
 
 def format_paper(doc: dict[str, Any]) -> str:
     """A readable table: one row per point and scheme."""
-    lines = [f"experiment {doc['experiment']}  (sim_speedup {doc.get('sim_speedup', 0):.1f}x)"]
+    speed = f"sim_speedup {doc.get('sim_speedup', 0):.1f}x"
+    if "sim_speedup_per_process" in doc:
+        speed += f" on {doc.get('jobs', 1)} jobs, {doc['sim_speedup_per_process']:.1f}x per process"
+    lines = [f"experiment {doc['experiment']}  ({speed})"]
     lines.append(f"{'rate':>7} {'slo':>5} {'scheme':<15} {'attain':>7} {'tok/s':>9} {'good/s':>7}")
     for p in doc["points"]:
         for name, s in p["schemes"].items():

@@ -31,7 +31,7 @@ def test_the_highest_attainment_wins_and_ties_keep_the_earlier() -> None:
     cands = {"a": one("m", 0), "b": one("m", 1), "c": one("n", 0)}
     score = {cands["a"]: 0.5, cands["b"]: 0.8, cands["c"]: 0.8}
     v = choose_placement(cands, lambda p: Trial(score[p], 10.0, 0.5))
-    assert v.chosen == "b" and v.placement == cands["b"]
+    assert v.chosen == "b" and v.candidate == cands["b"]
     assert dict(v.scores) == {"a": 0.5, "b": 0.8, "c": 0.8}
     assert (v.sim_s, v.wall_s) == (30.0, 1.5)  # every trial is counted
 
@@ -51,7 +51,7 @@ def test_verified_placement_is_the_best_candidate_of_its_planning_run() -> None:
     candidates = candidate_placements(spec, models, 8, GpuSpec(), cost, (512, 256))
     assert set(v.scores) == set(candidates)
     assert v.scores[v.chosen] == max(v.scores.values())
-    assert v.placement == candidates[v.chosen]
+    assert v.candidate == candidates[v.chosen]
     assert 0.0 < min(v.scores.values()) <= 1.0 and v.sim_s > 0.0
     again = verified_placement(spec, models, 8, GpuSpec(), plan)
     assert (again.chosen, dict(again.scores)) == (v.chosen, dict(v.scores))

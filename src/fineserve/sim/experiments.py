@@ -252,7 +252,7 @@ def run_paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> di
     sim_s = wall_s = 0.0
     if spec.placement_candidates:
         v = verified_placement(spec, models, cfg.num_gpus, GpuSpec(), plan)
-        candidate = v.placement
+        candidate = v.candidate
         sim_s, wall_s = v.sim_s, v.wall_s
         chosen = {"placement": v.chosen, "planning_attainment": dict(v.scores),
                   "planning_wall_s": v.wall_s}  # fmt: skip
@@ -271,10 +271,11 @@ def run_paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> di
             **chosen, **totals}  # fmt: skip
 
 
-def _cells(cfg: PaperConfig, data_dir: Path | None, jobs: int) -> Iterator[dict[str, Any]]:
-    """The sweep's cells as they finish: in this process when `jobs` is 1, else on a pool of
-    `jobs` worker processes fed longest first."""
-    runs = sweep_runs(cfg)
+def _cells(
+    cfg: PaperConfig, data_dir: Path | None, runs: Sequence[PaperRun], jobs: int
+) -> Iterator[dict[str, Any]]:
+    """`runs` as they finish: in this process when `jobs` is 1, else on a pool of `jobs`
+    worker processes fed longest first."""
     if jobs <= 1 or len(runs) <= 1:
         yield from (run_paper_cell(cfg, data_dir, run) for run in runs)
         return
@@ -295,18 +296,19 @@ def run_paper(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     t0 = perf_counter()
+    runs = sweep_runs(cfg)
     rows: dict[tuple[float, float, str], dict[str, Any]] = {}
-    for row in _cells(cfg, data_dir, jobs):
+    for row in _cells(cfg, data_dir, runs, jobs):
         rows[row["rate"], row["slo_scale"], row["scheme"]] = row
         if progress is not None:
             progress(
-                f"[{len(rows)}/{len(cfg.rates) * len(cfg.slo_scales) * len(cfg.schemes)}] "
+                f"[{len(rows)}/{len(runs)}] "
                 f"rate {row['rate']:g} scale {row['slo_scale']:g} {row['scheme']}: attainment "
                 f"{row['slo_attainment']:.3f}, {row['tokens_per_s']:.0f} tok/s "
                 f"({row['sim_s']:.0f} s simulated in {row['wall_s']:.1f} s)"
             )
     elapsed = perf_counter() - t0
-    ordered = [rows[r.rate, r.scale, r.scheme] for r in sweep_runs(cfg)]
+    ordered = [rows[r.rate, r.scale, r.scheme] for r in runs]
     points = [
         {"rate": rate, "slo_scale": scale,
          "schemes": {r["scheme"]: {k: r[k] for k in METRICS} for r in ordered

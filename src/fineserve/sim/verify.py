@@ -31,11 +31,11 @@ PLANNING_SEED_OFFSET = 100_003
 
 @dataclass(frozen=True)
 class Verified(Generic[C]):
-    """The chosen candidate (`placement`: whatever the candidates are), every candidate's
-    planning attainment, and the simulation spent choosing (simulated and wall seconds,
-    counted in `sim_speedup` like any other run)."""
+    """The chosen candidate (whatever the candidates are), every candidate's planning
+    attainment, and the simulation spent choosing (simulated and wall seconds, counted in
+    `sim_speedup` like any other run)."""
 
-    placement: C
+    candidate: C
     chosen: str
     scores: Mapping[str, float]
     sim_s: float

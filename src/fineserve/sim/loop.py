@@ -63,6 +63,7 @@ from fineserve.engine.step import StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.sim.catalog import GpuSpec, SimModel, slo_scaled
+from fineserve.sim.collector import rare_collections
 from fineserve.sim.device import EPS, Activity, GpuGroup
 from fineserve.sim.placement import Placement
 from fineserve.sim.records import RecordBook
@@ -261,7 +262,18 @@ class ClusterSim:
         replace_at: Sequence[float] = (),
         replan: Callable[[float], Placement | None] | None = None,
     ) -> RecordBook:
-        """Simulate `requests` (sorted by arrival) until all finish or `horizon_s`."""
+        """Simulate `requests` (sorted by arrival) until all finish or `horizon_s` (the
+        garbage collector runs rarely meanwhile: `sim.collector`)."""
+        with rare_collections():
+            return self._run(requests, horizon_s, replace_at, replan)
+
+    def _run(
+        self,
+        requests: Sequence[SimRequest],
+        horizon_s: float,
+        replace_at: Sequence[float],
+        replan: Callable[[float], Placement | None] | None,
+    ) -> RecordBook:
         heap = self._heap
         n, i = len(requests), 0
         self._horizon_s = horizon_s

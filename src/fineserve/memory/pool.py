@@ -193,9 +193,11 @@ class ModelPool:
         self.owned.add(page)
 
     def _bucket(self, free_count: int) -> set[int]:
-        while len(self._by_free) <= free_count:
-            self._by_free.append(set())
-        return self._by_free[free_count]
+        by_free = self._by_free
+        if len(by_free) <= free_count:  # one bucket per free count up to it (a static
+            # partition's single unit needs tens of thousands: made in one comprehension)
+            by_free += [set() for _ in range(free_count + 1 - len(by_free))]
+        return by_free[free_count]
 
     def _lower(self, free_count: int) -> None:
         """Note that a unit now has `free_count` free pages (keeps `_low` a lower bound)."""

@@ -25,6 +25,7 @@ from fineserve.costmodel.registry import make_cost_model
 from fineserve.costmodel.table import load_fitted_interference
 from fineserve.engine.clock import perf_counter
 from fineserve.sim.catalog import GpuSpec, SimModel, paper_models, slo_scaled
+from fineserve.sim.collector import rare_collections
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import Placement, fill_unplaced, fixed_placement, policy_placement
 from fineserve.sim.schemes import SCHEMES, SchemeSpec, get_scheme
@@ -243,7 +244,14 @@ def _sweep_setting(cost_model: str, data_dir: Path | None, seed: int, drain_s: f
 def run_paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> dict[str, Any]:
     """One cell of the `paper` sweep: the scheme's placement (simulation-verified when it has
     candidates) and its run over the point's requests. The result is the `runs` row of the
-    document (metrics included); it depends only on its arguments."""
+    document (metrics included); it depends only on its arguments. The whole cell (requests,
+    placements, engines, runs, metrics) runs with the collector's run thresholds
+    (`sim.collector`)."""
+    with rare_collections():
+        return _paper_cell(cfg, data_dir, run)
+
+
+def _paper_cell(cfg: PaperConfig, data_dir: Path | None, run: PaperRun) -> dict[str, Any]:
     plan = _sweep_setting(cfg.cost_model, data_dir, cfg.seed, cfg.drain_s)
     models = paper_models_at(cfg, run.rate, run.scale, plan.cost, plan.mean_lengths[0])
     reqs = poisson_requests(models, plan.lengths, cfg.duration_s, cfg.seed)

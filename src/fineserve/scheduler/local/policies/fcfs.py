@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence as Seqs
+from operator import attrgetter
 
 from fineserve.scheduler.local.policies.base import Admission, Policy, PolicyContext
 from fineserve.scheduler.local.sequence import Sequence
+
+_ARRIVAL = attrgetter("arrival_s")
 
 
 class FCFSPolicy(Policy):
@@ -13,4 +16,4 @@ class FCFSPolicy(Policy):
     static_admission = True
 
     def admit(self, waiting: Seqs[Sequence], ctx: PolicyContext) -> Admission:
-        return Admission(order=sorted(waiting, key=lambda s: s.arrival_s))
+        return Admission(order=sorted(waiting, key=_ARRIVAL))

@@ -733,8 +733,7 @@ class LocalScheduler(SchedulerState):
         running = self.num_running(model)
         if running >= cfg.max_running:
             return True
-        keep = self._admission_keep(running)
-        return (self.pages.available(model) - keep) * self.pages.tokens_per_page[model] < 1
+        return self._start_cap(model, running, self.pages.available(model)) < 1
 
     def _skip_refused(
         self,
@@ -768,9 +767,7 @@ class LocalScheduler(SchedulerState):
             return _next_stop(stops, at, n)
         if free is None or at >= n:
             return at
-        t = self.pages.tokens_per_page[order[at].model]
-        keep = self._admission_keep(running)
-        cap = (free - keep) * t
+        cap = self._start_cap(order[at].model, running, free)
         if cap < 1:
             return _next_stop(stops, at, n)
         if budget <= cap:
@@ -860,6 +857,11 @@ class LocalScheduler(SchedulerState):
             if memo is not None:
                 memo[model][1] = free
         return free >= need + self._admission_keep(running)
+
+    def _start_cap(self, model: str, running: int, free: int) -> int:
+        """The most tokens a waiting sequence of `model` may start with (`_can_start`'s
+        memory rule) when it has `running` sequences and `free` available pages."""
+        return (free - self._admission_keep(running)) * self.pages.tokens_per_page[model]
 
     def _admission_keep(self, running: int) -> int:
         """Pages a model with `running` sequences must keep free after admitting a prompt."""

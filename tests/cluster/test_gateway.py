@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -11,7 +12,9 @@ from fineserve.cluster.ray_backend import build_backend
 from fineserve.server.backend import (
     BackendError,
     BackendUnavailable,
+    Delta,
     GenerateRequest,
+    ModelInfo,
     SamplingOptions,
 )
 
@@ -119,6 +122,62 @@ def test_replace_worker_drops_nothing() -> None:
         assert await asyncio.gather(*tasks) == ["length"] * 5
         assert gw.workers_for("a") == ["new"]
         assert await run(gw, req("after", "a")) == "length"
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+class RejectingWorker:
+    """A worker whose admission turns every request away before its first token."""
+
+    def __init__(self, name: str, models: tuple[str, ...]) -> None:
+        self.name = name
+        self._inner = worker(name, models)
+        self.seen: list[str] = []
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self._inner.models()
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def stop(self) -> None:
+        await self._inner.stop()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        self.seen.append(request.request_id)
+        yield Delta((), finished=True, finish_reason="rejected", error="cannot meet its TTFT")
+
+
+def test_a_rejection_is_sent_on_to_another_replica() -> None:
+    async def main() -> None:
+        refuses = RejectingWorker("w0", ("a",))
+        gw = Gateway([refuses, worker("w1", ("a",))])
+        await gw.start()
+        assert gw.route("a") == "w0"  # the tie goes to w0, which rejects
+        assert await run(gw, req("r1", "a")) == "length"  # served by w1
+        assert refuses.seen == ["r1"]
+        assert all(s.outstanding == 0 and not s.requests for s in gw._slots.values())
+        assert not gw._owner and not gw._model_of
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_rejected_only_when_every_replica_refuses() -> None:
+    async def main() -> None:
+        first, second = RejectingWorker("w0", ("a",)), RejectingWorker("w1", ("a",))
+        gw = Gateway([first, second, worker("w2", ("b",))])
+        await gw.start()
+        assert await run(gw, req("r1", "a")) == "rejected"
+        assert first.seen == ["r1"] and second.seen == ["r1"]
+        assert all(s.outstanding == 0 for s in gw._slots.values()) and not gw._owner
         await gw.stop()
 
     asyncio.run(main())

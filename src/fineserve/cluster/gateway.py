@@ -16,6 +16,10 @@ Invariants:
   `BackendUnavailable` (code "replica_lost"; the server answers a non-streamed request with 503
   and ends a started SSE stream with an error event); the worker is marked unhealthy until a
   health ping succeeds again;
+- a request a worker rejects before its first token (finish reason "rejected": that
+  replica's admission cannot meet its TTFT SLO) is sent on to the least loaded replica of its
+  model not tried yet; the client sees the rejection only when every replica has refused
+  (the simulator does the same for `fineserve_plus`, `SchemeSpec.reroute_rejected`);
 - `replace_worker(old, new)` starts and health-checks `new` before `old` drains (no dropped
   requests); a drained worker is stopped only when its in-flight count reaches zero.
 """
@@ -40,6 +44,7 @@ from fineserve.server.backend import (
 )
 
 RETRY_AFTER_S = 1.0
+REJECTED = "rejected"  # a worker's finish reason for a request its admission turned away
 
 
 class WorkerLost(Exception):
@@ -175,13 +180,16 @@ class Gateway:
             task = asyncio.ensure_future(self._slots[name].worker.abort(request_id))
             task.add_done_callback(lambda t: t.exception())
 
-    def route(self, model: str) -> str:
+    def route(self, model: str, exclude: frozenset[str] = frozenset()) -> str:
         """The worker a request for ``model`` goes to now (least outstanding work of ``model``,
-        then least outstanding work)."""
+        then least outstanding work), skipping the workers in ``exclude``."""
         ready = [
             (s.by_model.get(model, 0), s.outstanding, n)
             for n, s in self._slots.items()
-            if s.healthy and not s.draining and any(i.name == model for i in s.worker.models())
+            if n not in exclude
+            and s.healthy
+            and not s.draining
+            and any(i.name == model for i in s.worker.models())
         ]
         if not ready:
             if not self.workers_for(model):
@@ -195,6 +203,11 @@ class Gateway:
         if self._stopping:
             raise BackendUnavailable("shutting down", RETRY_AFTER_S, code="shutting_down")
         name = self.route(request.model)
+        self._dispatch(name, request)
+        return self._relay(name, request)
+
+    def _dispatch(self, name: str, request: GenerateRequest) -> None:
+        """Count ``request`` as outstanding work of worker ``name``."""
         slot = self._slots[name]
         work = len(request.prompt_token_ids) + request.sampling.max_tokens
         slot.outstanding += work
@@ -202,20 +215,49 @@ class Gateway:
         slot.requests[request.request_id] = work
         self._owner[request.request_id] = name
         self._model_of[request.request_id] = request.model
-        return self._relay(slot, request)
 
-    async def _relay(self, slot: _Slot, request: GenerateRequest) -> AsyncIterator[Delta]:
+    def _undispatch(self, name: str, request: GenerateRequest) -> None:
+        slot = self._slots[name]
+        work = slot.requests.pop(request.request_id, 0)
+        slot.outstanding -= work
+        slot.by_model[request.model] = slot.by_model.get(request.model, 0) - work
+        self._owner.pop(request.request_id, None)
+        self._model_of.pop(request.request_id, None)
+
+    def _next_replica(self, request: GenerateRequest, tried: set[str]) -> str | None:
+        """Another ready worker of the request's model none of ``tried`` is, or None."""
         try:
-            async for delta in slot.worker.generate(request):
-                yield delta
+            return self.route(request.model, frozenset(tried))
+        except (BackendError, BackendUnavailable):
+            return None
+
+    async def _relay(self, name: str, request: GenerateRequest) -> AsyncIterator[Delta]:
+        """Stream the worker's deltas. A rejection before any token (its admission cannot
+        meet the TTFT SLO there) is sent on to the next replica not tried yet, least loaded
+        first; the client sees the rejection only when every replica has refused."""
+        tried = {name}
+        try:
+            while True:
+                resend = None
+                stream = self._slots[name].worker.generate(request)
+                async for delta in stream:
+                    if delta.finish_reason == REJECTED and not delta.token_ids:
+                        resend = self._next_replica(request, tried)
+                        if resend is not None:
+                            break
+                    yield delta
+                if resend is not None and hasattr(stream, "aclose"):
+                    await stream.aclose()  # left at its final (rejection) delta
+                if resend is None:
+                    return
+                self._undispatch(name, request)
+                name = resend
+                tried.add(name)
+                self._dispatch(name, request)
         except WorkerLost as exc:
-            slot.healthy = False
+            self._slots[name].healthy = False
             raise BackendUnavailable(
                 f"replica lost: {exc}", RETRY_AFTER_S, code="replica_lost"
             ) from None
         finally:
-            work = slot.requests.pop(request.request_id, 0)
-            slot.outstanding -= work
-            slot.by_model[request.model] = slot.by_model.get(request.model, 0) - work
-            self._owner.pop(request.request_id, None)
-            self._model_of.pop(request.request_id, None)
+            self._undispatch(name, request)

@@ -59,7 +59,7 @@ from typing import ClassVar
 
 from fineserve.costmodel.base import CostModel, InterferenceModel
 from fineserve.engine.engine import Engine
-from fineserve.engine.step import StepPlan, StepResult
+from fineserve.engine.step import RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.sim.catalog import GpuSpec, SimModel, slo_scaled
@@ -210,6 +210,12 @@ class ClusterSim:
         self._gid: dict[int, int] = {}
         self._on_group: dict[int, list[SimEngine]] = {}
         self._engine_of: dict[str, SimEngine] = {}
+        # re-routing of rejections (`SchemeSpec.reroute_rejected`): each request in flight,
+        # the engines it was sent to, and the rejected ones to send on after this event
+        self._reroute = scheme.reroute_rejected
+        self._requests: dict[str, SimRequest] = {}
+        self._tried: dict[str, list[SimEngine]] = {}
+        self._rerouted: list[SimRequest] = []
         self.apply_placement(placement, 0.0)
 
     # -- placement ---------------------------------------------------------------------------
@@ -304,6 +310,8 @@ class ClusterSim:
             else:
                 _, _, gi = heapq.heappop(heap)
                 self._complete(self.groups[gi], t)
+            if self._rerouted:
+                self._send_on(t)
         self.stats.sim_end_s = min(horizon_s, max((g.last_t for g in self.groups), default=0.0))
         self.stats.gpu_busy_s = sum(g.busy_s * len(g.gpus) for g in self.groups)
         self.stats.preemptions = sum(e.engine.scheduler.stats.preemptions for e in self.engines)
@@ -362,18 +370,28 @@ class ClusterSim:
         if not routes:
             self.book.fail(req.request_id, "unplaced: the placement has no instance of it")
             return
-        eng = least_loaded(routes, req.model)
+        if self._reroute:
+            self._requests[req.request_id] = req
+            self._tried[req.request_id] = []
+        self._send(req, least_loaded(routes, req.model), t)
+
+    def _send(self, req: SimRequest, eng: SimEngine, t: float) -> None:
+        """Give `req` to `eng` at time `t` (its arrival, or a rejection it is re-routed
+        after) and start the lane of its model if that lane is idle."""
+        if self._reroute:
+            self._tried[req.request_id].append(eng)
         try:
             eng.engine.add_request(
                 req.request_id,
                 req.model,
                 [1] * req.prompt_tokens,
                 req.output_tokens,
-                arrival_s=t,
+                arrival_s=req.arrival_s,
                 stream=self.book.token_times,  # records are the same; per-token times need it
             )
         except InvalidRequestError as exc:
             self.book.fail(req.request_id, f"invalid: {exc}")
+            self._release(req.request_id)
             return
         eng.outstanding += 1
         eng.outstanding_by[req.model] = eng.outstanding_by.get(req.model, 0) + 1
@@ -642,16 +660,50 @@ class ClusterSim:
     def _collect(self, eng: SimEngine, outputs: list, now: float) -> None:
         if not outputs:
             return
+        if self._reroute:
+            outputs = [out for out in outputs if not self._reroutes(out)]
         self.book.apply(outputs, now)
         for out in outputs:
             if out.finished:
-                owner = self._engine_of.pop(out.request_id, None)
-                if owner is not None:
-                    owner.outstanding -= 1
-                    owner.outstanding_by[self.book.records[out.request_id].model] -= 1
+                self._release(out.request_id)
+
+    def _free_slot(self, request_id: str) -> None:
+        """The request has left its engine: free its routing slot there."""
+        owner = self._engine_of.pop(request_id, None)
+        if owner is not None:
+            owner.outstanding -= 1
+            owner.outstanding_by[self.book.records[request_id].model] -= 1
+
+    def _release(self, request_id: str) -> None:
+        """The request is done with (finished, failed or rejected by every instance)."""
+        self._free_slot(request_id)
+        if self._reroute:
+            self._requests.pop(request_id, None)
+            self._tried.pop(request_id, None)
+
+    def _untried(self, request_id: str) -> list[SimEngine]:
+        req = self._requests[request_id]
+        tried = self._tried[request_id]
+        return [e for e in self.routes.get(req.model, ()) if e not in tried]
+
+    def _reroutes(self, out: RequestOutput) -> bool:
+        """True when `out` is a rejection with an instance of the model left to try: the
+        request is queued to be sent on (`_send_on`) instead of being recorded."""
+        if out.finish_reason != REJECTED or not self._untried(out.request_id):
+            return False
+        self._free_slot(out.request_id)
+        self._rerouted.append(self._requests[out.request_id])
+        return True
+
+    def _send_on(self, now: float) -> None:
+        """Send each request rejected at this event to its least loaded untried instance."""
+        rerouted, self._rerouted = self._rerouted, []
+        for req in rerouted:
+            self._send(req, least_loaded(self._untried(req.request_id), req.model), now)
 
 
 _first = itemgetter(0)
+REJECTED = "rejected"  # the finish reason of a request its engine's admission turned away
 
 
 def least_loaded(routes: Sequence[SimEngine], model: str) -> SimEngine:

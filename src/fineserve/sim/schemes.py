@@ -44,6 +44,11 @@ class SchemeSpec:
     (`SchedulerConfig.growth_pages_per_running`).
     `interference_aware`: the local scheduler plans each lane knowing the engine's other lanes
     in flight on its GPUs (`LocalScheduler(interference=...)`, the simulator's own model).
+    `reroute_rejected`: a request an engine rejects (finish reason "rejected": it cannot
+    meet its TTFT deadline there) is sent on to the least loaded instance of its model it
+    has not tried, at the moment of the rejection and with its own arrival time (so the
+    same deadline); it fails as rejected only once every instance has refused it
+    (`ClusterSim`; the gateway does the same, `cluster.gateway`).
     """
 
     name: str
@@ -65,6 +70,7 @@ class SchemeSpec:
     served_slo_margins: tuple[float, ...] = ()
     verify_s: float = 30.0
     interference_aware: bool = False
+    reroute_rejected: bool = False
     growth_pages: int = 0
     summary: str = ""
 
@@ -96,10 +102,10 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
         placement_candidates=("fineserve", "prism"), placement_slo_margins=(0.5,),
         served_slo_margins=(0.5,),
-        interference_aware=True, growth_pages=4,
+        interference_aware=True, growth_pages=4, reroute_rejected=True,
         summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
         "interference-aware and look-ahead admission, decode-growth headroom, "
-        "simulation-verified placement",
+        "rejections re-routed to the model's other instances, simulation-verified placement",
     ),
 }  # fmt: skip
 

@@ -52,7 +52,7 @@ def test_records_keep_arrival_and_every_request_has_one(table, gpu) -> None:
         assert recs[req.request_id].arrival_s == req.arrival_s
     # nothing left in flight: every routing slot given back, nothing waiting to be sent on
     assert all(e.outstanding == 0 and not any(e.outstanding_by.values()) for e in sim.engines)
-    assert not sim._rerouted and not sim._requests and not sim._tried
+    assert not sim._rerouted and not sim._sent_to
 
 
 def test_a_single_instance_has_nowhere_to_send_a_rejection(table, gpu) -> None:

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fineserve.engine.step import REJECTED
 from fineserve.server.backend import (
     BackendError,
     BackendStats,
@@ -44,7 +45,6 @@ from fineserve.server.backend import (
 )
 
 RETRY_AFTER_S = 1.0
-REJECTED = "rejected"  # a worker's finish reason for a request its admission turned away
 
 
 class WorkerLost(Exception):
@@ -228,7 +228,7 @@ class Gateway:
         """Another ready worker of the request's model none of ``tried`` is, or None."""
         try:
             return self.route(request.model, frozenset(tried))
-        except (BackendError, BackendUnavailable):
+        except BackendError:  # BackendUnavailable included
             return None
 
     async def _relay(self, name: str, request: GenerateRequest) -> AsyncIterator[Delta]:

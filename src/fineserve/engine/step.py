@@ -124,6 +124,9 @@ class StepResult:
         return out
 
 
+REJECTED = "rejected"  # finish reason: admission turned the request away (cannot meet its TTFT)
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """One streamed update of a request: tokens new since the last update, and whether it ended.

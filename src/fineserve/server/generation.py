@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from fineserve.engine.step import REJECTED
 from fineserve.server.backend import (
     Backend,
     BackendError,
@@ -154,11 +155,11 @@ class TextGeneration:
             self.timing.token_times.extend([now] * len(delta.token_ids))
         if (
             delta.finished
-            and delta.finish_reason in ("rejected", "error")
+            and delta.finish_reason in (REJECTED, "error")
             and not (self.completion_tokens)
         ):
             self.finish_reason = delta.finish_reason
-            if delta.finish_reason == "rejected":
+            if delta.finish_reason == REJECTED:
                 raise APIError(429, delta.error or "the request cannot meet its SLO now",
                                code="slo_unattainable", retry_after_s=1)  # fmt: skip
             raise APIError(500, delta.error or "the engine failed", code="engine_error")

@@ -59,7 +59,7 @@ from typing import ClassVar
 
 from fineserve.costmodel.base import CostModel, InterferenceModel
 from fineserve.engine.engine import Engine
-from fineserve.engine.step import RequestOutput, StepPlan, StepResult
+from fineserve.engine.step import REJECTED, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.errors import InvalidRequestError
 from fineserve.sim.catalog import GpuSpec, SimModel, slo_scaled
@@ -210,12 +210,12 @@ class ClusterSim:
         self._gid: dict[int, int] = {}
         self._on_group: dict[int, list[SimEngine]] = {}
         self._engine_of: dict[str, SimEngine] = {}
-        # re-routing of rejections (`SchemeSpec.reroute_rejected`): each request in flight,
-        # the engines it was sent to, and the rejected ones to send on after this event
+        # re-routing of rejections (`SchemeSpec.reroute_rejected`): each request in flight
+        # with the engines it was sent to, and those rejected at this event with the engines
+        # left to send them on to
         self._reroute = scheme.reroute_rejected
-        self._requests: dict[str, SimRequest] = {}
-        self._tried: dict[str, list[SimEngine]] = {}
-        self._rerouted: list[SimRequest] = []
+        self._sent_to: dict[str, tuple[SimRequest, list[SimEngine]]] = {}
+        self._rerouted: list[tuple[SimRequest, list[SimEngine]]] = []
         self.apply_placement(placement, 0.0)
 
     # -- placement ---------------------------------------------------------------------------
@@ -371,15 +371,14 @@ class ClusterSim:
             self.book.fail(req.request_id, "unplaced: the placement has no instance of it")
             return
         if self._reroute:
-            self._requests[req.request_id] = req
-            self._tried[req.request_id] = []
+            self._sent_to[req.request_id] = (req, [])
         self._send(req, least_loaded(routes, req.model), t)
 
     def _send(self, req: SimRequest, eng: SimEngine, t: float) -> None:
         """Give `req` to `eng` at time `t` (its arrival, or a rejection it is re-routed
         after) and start the lane of its model if that lane is idle."""
         if self._reroute:
-            self._tried[req.request_id].append(eng)
+            self._sent_to[req.request_id][1].append(eng)
         try:
             eng.engine.add_request(
                 req.request_id,
@@ -678,32 +677,29 @@ class ClusterSim:
         """The request is done with (finished, failed or rejected by every instance)."""
         self._free_slot(request_id)
         if self._reroute:
-            self._requests.pop(request_id, None)
-            self._tried.pop(request_id, None)
-
-    def _untried(self, request_id: str) -> list[SimEngine]:
-        req = self._requests[request_id]
-        tried = self._tried[request_id]
-        return [e for e in self.routes.get(req.model, ()) if e not in tried]
+            self._sent_to.pop(request_id, None)
 
     def _reroutes(self, out: RequestOutput) -> bool:
         """True when `out` is a rejection with an instance of the model left to try: the
         request is queued to be sent on (`_send_on`) instead of being recorded."""
-        if out.finish_reason != REJECTED or not self._untried(out.request_id):
+        if out.finish_reason != REJECTED:
+            return False
+        req, tried = self._sent_to[out.request_id]
+        untried = [e for e in self.routes.get(req.model, ()) if e not in tried]
+        if not untried:
             return False
         self._free_slot(out.request_id)
-        self._rerouted.append(self._requests[out.request_id])
+        self._rerouted.append((req, untried))
         return True
 
     def _send_on(self, now: float) -> None:
         """Send each request rejected at this event to its least loaded untried instance."""
         rerouted, self._rerouted = self._rerouted, []
-        for req in rerouted:
-            self._send(req, least_loaded(self._untried(req.request_id), req.model), now)
+        for req, untried in rerouted:
+            self._send(req, least_loaded(untried, req.model), now)
 
 
 _first = itemgetter(0)
-REJECTED = "rejected"  # the finish reason of a request its engine's admission turned away
 
 
 def least_loaded(routes: Sequence[SimEngine], model: str) -> SimEngine:

@@ -20,7 +20,7 @@ from itertools import chain, repeat
 from operator import itemgetter, mod, sub
 from typing import ClassVar
 
-from fineserve.engine.step import ModelBatch, StepPlan
+from fineserve.engine.step import REJECTED, ModelBatch, StepPlan
 from fineserve.memory.allocator import KVAllocator
 from fineserve.memory.errors import OutOfPagesError
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
@@ -635,7 +635,7 @@ class LocalScheduler(SchedulerState):
             for seq in admission.rejected:
                 refused_all = False
                 self.stats.rejected += 1
-                self._finish(seq, "rejected", "cannot meet its TTFT SLO even alone")
+                self._finish(seq, REJECTED, "cannot meet its TTFT SLO even alone")
             memo.clear()
             if admission.token_budget is not None:
                 budget = min(budget, admission.token_budget)

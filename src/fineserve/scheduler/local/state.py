@@ -24,7 +24,7 @@ from itertools import repeat
 from operator import attrgetter
 from typing import ClassVar
 
-from fineserve.engine.step import ModelBatch, RequestOutput, StepPlan, StepResult
+from fineserve.engine.step import REJECTED, ModelBatch, RequestOutput, StepPlan, StepResult
 from fineserve.memory.allocator import KVAllocator
 from fineserve.scheduler.local.config import SchedulerConfig, ServedModel
 from fineserve.scheduler.local.errors import InvalidRequestError
@@ -517,7 +517,7 @@ class SchedulerState:
         self._unfinished[seq.model] -= 1
         seq.status = Status.FINISHED
         seq.finish_reason = reason
-        if reason not in ("abort", "rejected"):
+        if reason not in ("abort", REJECTED):
             self.stats.finished += 1
         self._released[seq.model].append(rid)
         if seq.stream:

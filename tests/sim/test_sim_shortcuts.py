@@ -4,15 +4,14 @@ decode page grants) give the records of the plain path, under memory pressure.""
 from __future__ import annotations
 
 import pytest
-from tests.sim.conftest import TINY, TINY_Q
+from tests.sim.conftest import colocated_pair
 from tests.sim.test_sim_horizon import facts, scripted
 
 from fineserve.costmodel.table import TableCostModel
 from fineserve.scheduler.local.memory import PageBroker
 from fineserve.scheduler.local.scheduler import LocalScheduler
-from fineserve.sim.catalog import GpuSpec, SimModel
+from fineserve.sim.catalog import GpuSpec
 from fineserve.sim.loop import ClusterSim, SimRequest
-from fineserve.sim.placement import PlacedInstance, Placement
 from fineserve.sim.schemes import get_scheme
 
 SCHEMES = ["fineserve", "fineserve_plus", "static", "muxserve", "prism"]
@@ -42,11 +41,7 @@ def run(
     monkeypatch.setattr(PageBroker, "available", counted_available)
     monkeypatch.setattr(PageBroker, "pick_victim", counted_pick)
     monkeypatch.setattr(LocalScheduler, "shortcuts", shortcuts)
-    models = [
-        SimModel("m0", TINY, 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05),
-        SimModel("m1", TINY_Q, 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05),
-    ]
-    placement = Placement(tuple(PlacedInstance(m.name, (0,)) for m in models), 1)
+    models, placement = colocated_pair()
     sim = ClusterSim(
         models, placement, get_scheme(scheme), table, table.interference, gpu, max_steps=max_steps
     )

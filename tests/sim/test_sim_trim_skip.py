@@ -5,7 +5,7 @@ trim that gives pages back belongs to a plan that reserved pages (`Lane.reserved
 from __future__ import annotations
 
 import pytest
-from tests.sim.conftest import TINY, TINY_Q
+from tests.sim.conftest import colocated_pair
 from tests.sim.test_sim_horizon import facts, scripted
 
 from fineserve.costmodel.table import TableCostModel
@@ -13,9 +13,8 @@ from fineserve.engine.step import ModelBatch, StepPlan
 from fineserve.scheduler.local.scheduler import LocalScheduler
 from fineserve.scheduler.local.sequence import Sequence
 from fineserve.scheduler.local.state import Lane, SchedulerState
-from fineserve.sim.catalog import GpuSpec, SimModel
+from fineserve.sim.catalog import GpuSpec
 from fineserve.sim.loop import ClusterSim
-from fineserve.sim.placement import PlacedInstance, Placement
 from fineserve.sim.schemes import get_scheme
 
 
@@ -51,11 +50,7 @@ def run(
     mp.setattr(LocalScheduler, "_reserve_horizon", noting_reserve)
     mp.setattr(SchedulerState, "_trim", noting_trim)
     mp.setattr(SchedulerState, "trim_skips", skips)
-    models = [
-        SimModel("m0", TINY, 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05),
-        SimModel("m1", TINY_Q, 1.0, ttft_slo_s=2.0, tpot_slo_s=0.05),
-    ]
-    placement = Placement(tuple(PlacedInstance(m.name, (0,)) for m in models), 1)
+    models, placement = colocated_pair()
     gpu = GpuSpec(memory_bytes=int(memory_mib * 1024**2), reserve_bytes=0, name="small")
     sim = ClusterSim(models, placement, get_scheme(scheme), table, table.interference, gpu)
     records = sim.run(scripted(120, 4, 150.0)).records

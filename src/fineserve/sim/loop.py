@@ -729,8 +729,15 @@ def gpu_domains(sets: Sequence[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
 def group_arenas(
     placement: Placement, models: dict[str, SimModel], gpu: GpuSpec
 ) -> dict[tuple[int, ...], int]:
-    """KV bytes per rank for each GPU set: what the weights on each of its GPUs leave, split
-    evenly between the GPU sets sharing a GPU; the smallest over the set's GPUs."""
+    """KV bytes per rank for each GPU set, from what the weights on its GPUs leave.
+
+    Sets are served widest first; each takes, on every one of its GPUs, the smallest over them
+    of an even split of what is left between the sets still to be served there. A set on one
+    GPU, served last there, so takes everything its wider neighbours left (an even split
+    alone would strand the part a TP set cannot use on its roomier GPUs).
+
+    Invariants: no GPU gives out more than its weights leave; a set never gets less than an
+    even split of every one of its GPUs' leftover memory would give it."""
     free = [gpu.usable_bytes] * placement.num_gpus
     sets_on: list[int] = [0] * placement.num_gpus
     groups = placement.groups()
@@ -741,12 +748,15 @@ def group_arenas(
         for g in gpus:
             sets_on[g] += 1
     out = {}
-    for gpus, names in groups.items():
+    for gpus in sorted(groups, key=len, reverse=True):  # stable: equal widths keep their order
         arena = min(free[g] // sets_on[g] for g in gpus)
         if arena <= 0:
-            raise ValueError(f"models {names} leave no KV memory on GPUs {gpus}")
+            raise ValueError(f"models {groups[gpus]} leave no KV memory on GPUs {gpus}")
         out[gpus] = arena
-    return out
+        for g in gpus:
+            free[g] -= arena
+            sets_on[g] -= 1
+    return {gpus: out[gpus] for gpus in groups}
 
 
 def _neighbours_in_flight(eng: SimEngine) -> int:

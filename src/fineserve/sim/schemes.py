@@ -40,6 +40,8 @@ class SchemeSpec:
     same placement, with engines that also serve to the scaled SLOs (they plan, admit and
     reject for those deadlines; `ClusterSim(slo_margin=...)`).
     `verify_s`: the planning workload's arrival window.
+    `target_slabs`: about how many slabs a KV Slab arena is cut into (`slab_bytes_for`); more,
+    smaller slabs strand fewer free pages in partly used slabs.
     `growth_pages`: pages per running sequence kept free at admission
     (`SchedulerConfig.growth_pages_per_running`).
     `interference_aware`: the local scheduler plans each lane knowing the engine's other lanes
@@ -102,8 +104,9 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
         placement_candidates=("fineserve", "prism"), placement_slo_margins=(0.5,),
         served_slo_margins=(0.5,),
-        interference_aware=True, growth_pages=4, reroute_rejected=True,
-        summary="KV Slab + slack ordering, TPOT-aware budget, MME arbitration with floors, lanes, "
+        interference_aware=True, growth_pages=4, reroute_rejected=True, target_slabs=512,
+        summary="KV Slab (finer slabs) + slack ordering, TPOT-aware budget, MME arbitration "
+        "with floors, lanes, "
         "interference-aware and look-ahead admission, decode-growth headroom, "
         "rejections re-routed to the model's other instances, simulation-verified placement",
     ),

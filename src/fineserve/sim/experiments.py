@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,13 @@ from fineserve.sim.collector import rare_collections
 from fineserve.sim.loop import ClusterSim, SimRequest
 from fineserve.sim.placement import Placement, fill_unplaced, fixed_placement, policy_placement
 from fineserve.sim.schemes import SCHEMES, SchemeSpec, get_scheme
-from fineserve.sim.verify import PLANNING_SEED_OFFSET, Trial, Verified, choose_placement
+from fineserve.sim.verify import (
+    PLANNING_SEED_OFFSET,
+    Trial,
+    Verified,
+    choose_placement,
+    refine_choice,
+)
 from fineserve.sim.workload import (
     MUXSERVE_ALPHA,
     assign_rates,
@@ -105,6 +111,64 @@ class Candidate:
     slo_margin: float = 1.0
 
 
+@dataclass(frozen=True)
+class PlanSpec:
+    """How a candidate is made: placement `policy` for every model's SLOs times `margin`;
+    `served`: its engines serve those scaled SLOs too (else the SLOs as given)."""
+
+    policy: str
+    margin: float = 1.0
+    served: bool = False
+
+    @property
+    def name(self) -> str:
+        """`policy`, `policy@margin` or `policy@margin:served`."""
+        if self.margin == 1.0 and not self.served:
+            return self.policy
+        return f"{self.policy}@{self.margin:g}" + (":served" if self.served else "")
+
+
+def candidate_plans(spec: SchemeSpec) -> list[PlanSpec]:
+    """`spec`'s candidates in trial order: each of its `placement_candidates` policies for
+    the models as given; then the first (the scheme's own) planned with the SLOs scaled by
+    each of its `placement_slo_margins`, and by each of its `served_slo_margins` with engines
+    serving the scaled SLOs too."""
+    own = spec.placement_candidates[0] if spec.placement_candidates else spec.placement_policy
+    return [
+        *(PlanSpec(policy) for policy in spec.placement_candidates),
+        *(PlanSpec(own, margin) for margin in spec.placement_slo_margins),
+        *(PlanSpec(own, margin, served=True) for margin in spec.served_slo_margins),
+    ]
+
+
+class Planner:
+    """Builds the candidates of `candidate_plans` for one problem, each (policy, margin)
+    placement once."""
+
+    def __init__(
+        self,
+        spec: SchemeSpec,
+        models: Sequence[SimModel],
+        num_gpus: int,
+        gpu: GpuSpec,
+        cost: CostModel,
+        mean_lengths: tuple[int, int],
+    ) -> None:
+        self._plan = partial(placement_for, spec, num_gpus=num_gpus, gpu=gpu, cost=cost,
+                             mean_lengths=mean_lengths)  # fmt: skip
+        self._models = models
+        self._placed: dict[tuple[str, float], Placement] = {}
+
+    def candidate(self, plan: PlanSpec) -> Candidate:
+        key = (plan.policy, plan.margin)
+        if key not in self._placed:
+            models = self._models
+            if plan.margin != 1.0:
+                models = [slo_scaled(m, plan.margin) for m in models]
+            self._placed[key] = self._plan(models, policy=plan.policy)
+        return Candidate(self._placed[key], plan.margin if plan.served else 1.0)
+
+
 def candidate_placements(
     spec: SchemeSpec,
     models: Sequence[SimModel],
@@ -113,27 +177,9 @@ def candidate_placements(
     cost: CostModel,
     mean_lengths: tuple[int, int],
 ) -> dict[str, Candidate]:
-    """`spec`'s candidates by name, in trial order: each of its `placement_candidates`
-    policies for the models as given; then the first (the scheme's own) planned with the SLOs
-    scaled by each of its `placement_slo_margins` (`"{policy}@{margin:g}"`), and by each of
-    its `served_slo_margins` with engines serving the scaled SLOs too
-    (`"{policy}@{margin:g}:served"`)."""
-    plan = partial(placement_for, spec, num_gpus=num_gpus, gpu=gpu, cost=cost,
-                   mean_lengths=mean_lengths)  # fmt: skip
-    out = {policy: Candidate(plan(models, policy=policy)) for policy in spec.placement_candidates}
-    own = spec.placement_candidates[0]
-    planned: dict[float, Placement] = {}
-
-    def planned_at(margin: float) -> Placement:
-        if margin not in planned:
-            planned[margin] = plan([slo_scaled(m, margin) for m in models], policy=own)
-        return planned[margin]
-
-    for margin in spec.placement_slo_margins:
-        out[f"{own}@{margin:g}"] = Candidate(planned_at(margin))
-    for margin in spec.served_slo_margins:
-        out[f"{own}@{margin:g}:served"] = Candidate(planned_at(margin), margin)
-    return out
+    """`spec`'s candidates (`candidate_plans`) by name, in trial order."""
+    planner = Planner(spec, models, num_gpus, gpu, cost, mean_lengths)
+    return {plan.name: planner.candidate(plan) for plan in candidate_plans(spec)}
 
 
 @dataclass(frozen=True)
@@ -152,10 +198,13 @@ class Planning:
 def verified_placement(
     spec: SchemeSpec, models: Sequence[SimModel], num_gpus: int, gpu: GpuSpec, plan: Planning
 ) -> Verified[Candidate]:
-    """`spec`'s placement verified by simulation (`sim.verify`): each of its
-    `placement_candidates` run by the scheme on a planning workload of its own seed."""
+    """`spec`'s placement verified by simulation (`sim.verify`): each of its candidates run by
+    the scheme on a planning workload of its own seed, the best kept; then, with a
+    `refine_policy`, the winner (when the scheme's own policy made it) re-planned by that
+    policy at the same margins is run too when its placement differs, and kept if better."""
     reqs = poisson_requests(models, plan.lengths, spec.verify_s, plan.seed + PLANNING_SEED_OFFSET)
-    candidates = candidate_placements(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths)
+    planner = Planner(spec, models, num_gpus, gpu, plan.cost, plan.mean_lengths)
+    plans = {p.name: p for p in candidate_plans(spec)}
 
     def simulate(candidate: Candidate) -> Trial:
         res = run_scheme(spec, models, reqs, plan.cost, plan.interference, num_gpus,
@@ -163,7 +212,22 @@ def verified_placement(
                          candidate.slo_margin)  # fmt: skip
         return Trial(float(res.summary["slo_attainment"] or 0.0), res.sim_s, res.wall_s)
 
-    return choose_placement(candidates, simulate)
+    chosen = choose_placement({n: planner.candidate(p) for n, p in plans.items()}, simulate)
+    won = plans[chosen.chosen]
+    if not spec.refine_policy or won.policy != spec.placement_candidates[0]:
+        return chosen
+    refined = replace(won, policy=spec.refine_policy)
+    candidate = planner.candidate(refined)
+    if same_instances(candidate.placement, chosen.candidate.placement):
+        return chosen
+    return refine_choice(chosen, {refined.name: candidate}, simulate)
+
+
+def same_instances(a: Placement, b: Placement) -> bool:
+    """The same instances on the same GPUs, whatever their order."""
+    return sorted((i.model, i.gpus) for i in a.instances) == sorted(
+        (i.model, i.gpus) for i in b.instances
+    )
 
 
 def run_scheme(

@@ -39,6 +39,9 @@ class SchemeSpec:
     `served_slo_margins`: one more candidate per margin, `"{policy}@{margin}:served"`: the
     same placement, with engines that also serve to the scaled SLOs (they plan, admit and
     reject for those deadlines; `ClusterSim(slo_margin=...)`).
+    `refine_policy`: after the planning runs, the winning candidate, when the scheme's own
+    policy made it, is re-planned by this policy at the same margins and run on the same
+    planning workload when its placement differs; the better of the two is kept.
     `verify_s`: the planning workload's arrival window.
     `target_slabs`: about how many slabs a KV Slab arena is cut into (`slab_bytes_for`); more,
     smaller slabs strand fewer free pages in partly used slabs.
@@ -70,6 +73,7 @@ class SchemeSpec:
     placement_candidates: tuple[str, ...] = ()
     placement_slo_margins: tuple[float, ...] = ()
     served_slo_margins: tuple[float, ...] = ()
+    refine_policy: str = ""
     verify_s: float = 30.0
     interference_aware: bool = False
     reroute_rejected: bool = False
@@ -103,7 +107,7 @@ SCHEMES: Mapping[str, SchemeSpec] = {
         "fineserve_plus", "slab", "slack", False, "mme", reserve="floor", lanes=True,
         policy_options=(("tpot_budget", True), ("fewest_misses", True), ("lookahead", True)),
         placement_candidates=("fineserve", "prism"), placement_slo_margins=(0.5,),
-        served_slo_margins=(0.5,),
+        served_slo_margins=(0.5,), refine_policy="fineserve_lean",
         interference_aware=True, growth_pages=4, reroute_rejected=True, target_slabs=512,
         summary="KV Slab (finer slabs) + slack ordering, TPOT-aware budget, MME arbitration "
         "with floors, lanes, "

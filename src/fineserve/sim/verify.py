@@ -67,3 +67,21 @@ def choose_placement(candidates: Mapping[str, C], simulate: Callable[[C], Trial]
             best = name
     assert best is not None
     return Verified(candidates[best], best, scores, sim_s, wall_s)
+
+
+def refine_choice(
+    chosen: Verified[C], extra: Mapping[str, C], simulate: Callable[[C], Trial]
+) -> Verified[C]:
+    """`chosen` held against more candidates run after it on the same planning workload: the
+    best of all is kept (a tie keeps `chosen`); every trial is counted."""
+    if not extra:
+        return chosen
+    more = choose_placement(extra, simulate)
+    best = more if more.scores[more.chosen] > chosen.scores[chosen.chosen] else chosen
+    return Verified(
+        best.candidate,
+        best.chosen,
+        {**chosen.scores, **more.scores},
+        chosen.sim_s + more.sim_s,
+        chosen.wall_s + more.wall_s,
+    )

@@ -68,3 +68,16 @@ def test_unsaturated_models_are_left_alone(setup) -> None:
     before = list(state.instances)
     _saturated(problem, sizer, state, light)  # option count already reached
     assert state.instances == before
+
+
+def test_the_threshold_decides_whether_a_replica_is_added(setup) -> None:
+    problem, sizer = setup
+    hot = sizer.model("hot")
+    load = hot.rate * sizer.work(hot, 1)  # the busy share its one replica carries
+    added = {}
+    for threshold in (0.99 * load, load, 1.5 * load):
+        state, chosen = _state(problem, sizer)
+        _saturated(problem, sizer, state, chosen, threshold)
+        added[threshold] = len(state.groups_of("hot")) - 1
+    assert added[0.99 * load] >= 1
+    assert added[load] == 0 and added[1.5 * load] == 0  # saturated means above it

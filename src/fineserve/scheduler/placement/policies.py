@@ -22,7 +22,9 @@ def _footprint(opts: list[Option]) -> float:
     return float(o.replicas * o.tp * o.mem_per_gpu)
 
 
-def fineserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
+def fineserve_policy(
+    problem: PlacementProblem, sizer: Sizer, saturated: float | None = None
+) -> Placement:
     """FineServe's global scheduler.
 
     Per model and TP degree: the smallest batch that sustains the rate (``min_batch``) and the
@@ -36,7 +38,7 @@ def fineserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
 
     When that published pass cannot place every model at the target (overload), the
     placement is rebuilt by :func:`_graceful` instead (docs/placement.md, "Beyond the paper:
-    overload").
+    overload"); ``saturated`` is its phase-3 threshold (default :data:`SATURATED`).
     """
     per_model = {m.name: sizer.options(m) for m in problem.models}
     order = sorted(problem.models, key=lambda m: (-_footprint(per_model[m.name]), m.name))
@@ -44,8 +46,19 @@ def fineserve_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
     for m in order:
         opts = fallback_options(sizer, per_model[m.name])
         if not any(state.place_replicas(o, state.mme_pages, accept=_ok) for o in opts):
-            return _graceful(problem, sizer, per_model, order)
+            return _graceful(problem, sizer, per_model, order, saturated)
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
+
+
+LEAN_SATURATED = 1.5
+
+
+def fineserve_lean_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
+    """`fineserve` whose overload phase 3 adds a replica only while each replica of a model
+    would carry more than ``LEAN_SATURATED`` groups' busy share (not 1): every replica's
+    weights take KV memory from its co-tenants, which in long overloaded runs is what limits
+    them. Identical to `fineserve` whenever the published pass places every model."""
+    return fineserve_policy(problem, sizer, saturated=LEAN_SATURATED)
 
 
 def _graceful(
@@ -53,6 +66,7 @@ def _graceful(
     sizer: Sizer,
     per_model: dict[str, list[Option]],
     order: list[ModelDemand],
+    saturated: float | None = None,
 ) -> Placement:
     """Overload: every model first at its minimum footprint, then replicas by marginal goodput.
 
@@ -98,7 +112,7 @@ def _graceful(
             continue
         if k + 1 < o.replicas:
             heapq.heappush(heap, (key, name, k + 1))
-    _saturated(problem, sizer, state, chosen)
+    _saturated(problem, sizer, state, chosen, SATURATED if saturated is None else saturated)
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
 
 
@@ -107,17 +121,22 @@ HEAVY_TP = 0.5  # a TP > 1 replica with this busy share of its own takes no satu
 
 
 def _saturated(
-    problem: PlacementProblem, sizer: Sizer, state: ClusterState, chosen: dict[str, Option]
+    problem: PlacementProblem,
+    sizer: Sizer,
+    state: ClusterState,
+    chosen: dict[str, Option],
+    threshold: float = SATURATED,
 ) -> None:
     """Overload phase 3: replicas for models that one replica per group cannot carry.
 
-    A model is saturated while ``rate / replicas placed x work > SATURATED``: each replica
-    alone would need more than its whole group, so early rejection drops most of its traffic
-    however light its co-tenants are (phase 2 leaves it there when the predictor, which sees
-    the cluster overloaded everywhere, finds no gain). Busiest first, one replica at a time on
-    the least-loaded group with memory for it (:func:`_add_least_loaded`), until it is no
-    longer saturated, reaches its option's replica count, or nothing fits. Invariant: no model
-    ends with more replicas than its option.
+    A model is saturated while ``rate / replicas placed x work > threshold`` (default
+    ``SATURATED`` = 1: each replica alone would need more than its whole group), so early
+    rejection drops most of its traffic however light its co-tenants are (phase 2 leaves it
+    there when the predictor, which sees the cluster overloaded everywhere, finds no gain).
+    Busiest first, one replica at a time on the least-loaded group with memory for it
+    (:func:`_add_least_loaded`), until it is no longer saturated, reaches its option's
+    replica count, or nothing fits. Invariant: no model ends with more replicas than its
+    option.
     """
 
     def load(name: str) -> float:
@@ -126,7 +145,7 @@ def _saturated(
 
     def wants_more(name: str) -> bool:
         n = len(state.groups_of(name))
-        return 0 < n < chosen[name].replicas and load(name) > SATURATED
+        return 0 < n < chosen[name].replicas and load(name) > threshold
 
     heap = [(-load(n), n) for n in chosen if wants_more(n)]
     heapq.heapify(heap)

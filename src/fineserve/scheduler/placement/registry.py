@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from fineserve.scheduler.placement.milp import milp_policy
 from fineserve.scheduler.placement.policies import (
+    fineserve_lean_policy,
     fineserve_policy,
     muxserve_policy,
     one_per_gpu_policy,
@@ -21,6 +22,7 @@ PolicyFn = Callable[[PlacementProblem, Sizer], Placement]
 POLICIES: Mapping[str, PolicyFn] = MappingProxyType(
     {
         "fineserve": fineserve_policy,
+        "fineserve_lean": fineserve_lean_policy,
         "prism": prism_policy,
         "muxserve": muxserve_policy,
         "one_per_gpu": one_per_gpu_policy,

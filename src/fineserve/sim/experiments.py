@@ -133,7 +133,7 @@ def candidate_plans(spec: SchemeSpec) -> list[PlanSpec]:
     the models as given; then the first (the scheme's own) planned with the SLOs scaled by
     each of its `placement_slo_margins`, and by each of its `served_slo_margins` with engines
     serving the scaled SLOs too."""
-    own = spec.placement_candidates[0] if spec.placement_candidates else spec.placement_policy
+    own = spec.own_policy
     return [
         *(PlanSpec(policy) for policy in spec.placement_candidates),
         *(PlanSpec(own, margin) for margin in spec.placement_slo_margins),
@@ -214,7 +214,7 @@ def verified_placement(
 
     chosen = choose_placement({n: planner.candidate(p) for n, p in plans.items()}, simulate)
     won = plans[chosen.chosen]
-    if not spec.refine_policy or won.policy != spec.placement_candidates[0]:
+    if not spec.refine_policy or won.policy != spec.own_policy:
         return chosen
     refined = replace(won, policy=spec.refine_policy)
     candidate = planner.candidate(refined)

@@ -80,6 +80,11 @@ class SchemeSpec:
     growth_pages: int = 0
     summary: str = ""
 
+    @property
+    def own_policy(self) -> str:
+        """The scheme's own placement policy: its first candidate, else `placement_policy`."""
+        return self.placement_candidates[0] if self.placement_candidates else self.placement_policy
+
     def make_policy(self) -> Policy:
         """The local policy, built with `policy_options` (keyword arguments)."""
         return POLICIES[self.policy](**dict(self.policy_options))

@@ -16,6 +16,10 @@ from fineserve.scheduler.placement.sizing import Option, Sizer
 from fineserve.scheduler.placement.state import ClusterState, Group, fallback_options
 from fineserve.scheduler.placement.types import Placement
 
+SATURATED = 1.0  # busy share per replica (of a whole group) beyond which a model is saturated
+LEAN_SATURATED = 1.5  # the same for `fineserve_lean`
+HEAVY_TP = 0.5  # a TP > 1 replica with this busy share of its own takes no saturated 8B replica
+
 
 def _footprint(opts: list[Option]) -> float:
     o = opts[0]
@@ -23,7 +27,7 @@ def _footprint(opts: list[Option]) -> float:
 
 
 def fineserve_policy(
-    problem: PlacementProblem, sizer: Sizer, saturated: float | None = None
+    problem: PlacementProblem, sizer: Sizer, saturated: float = SATURATED
 ) -> Placement:
     """FineServe's global scheduler.
 
@@ -38,7 +42,7 @@ def fineserve_policy(
 
     When that published pass cannot place every model at the target (overload), the
     placement is rebuilt by :func:`_graceful` instead (docs/placement.md, "Beyond the paper:
-    overload"); ``saturated`` is its phase-3 threshold (default :data:`SATURATED`).
+    overload"); ``saturated`` is its phase-3 threshold.
     """
     per_model = {m.name: sizer.options(m) for m in problem.models}
     order = sorted(problem.models, key=lambda m: (-_footprint(per_model[m.name]), m.name))
@@ -48,9 +52,6 @@ def fineserve_policy(
         if not any(state.place_replicas(o, state.mme_pages, accept=_ok) for o in opts):
             return _graceful(problem, sizer, per_model, order, saturated)
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
-
-
-LEAN_SATURATED = 1.5
 
 
 def fineserve_lean_policy(problem: PlacementProblem, sizer: Sizer) -> Placement:
@@ -66,7 +67,7 @@ def _graceful(
     sizer: Sizer,
     per_model: dict[str, list[Option]],
     order: list[ModelDemand],
-    saturated: float | None = None,
+    saturated: float = SATURATED,
 ) -> Placement:
     """Overload: every model first at its minimum footprint, then replicas by marginal goodput.
 
@@ -112,12 +113,8 @@ def _graceful(
             continue
         if k + 1 < o.replicas:
             heapq.heappush(heap, (key, name, k + 1))
-    _saturated(problem, sizer, state, chosen, SATURATED if saturated is None else saturated)
+    _saturated(problem, sizer, state, chosen, saturated)
     return evaluate(problem, "fineserve", state.instances, sizer=sizer)
-
-
-SATURATED = 1.0  # busy share per replica (of a whole group) beyond which a model is saturated
-HEAVY_TP = 0.5  # a TP > 1 replica with this busy share of its own takes no saturated 8B replica
 
 
 def _saturated(
